@@ -1,0 +1,47 @@
+//! Header carriers: `opentelemetry` extractor/injector views of an `http::HeaderMap`.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::propagation::{Extractor, Injector};
+
+/// Reads propagation fields from an [`http::HeaderMap`].
+///
+/// Unlike a plain `get`, [`Extractor::get_all`] returns every value of a
+/// repeated header, which W3C Trace Context and Baggage need (several
+/// `tracestate` or `baggage` headers are one combined list). Values that are
+/// not visible ASCII are skipped, never decoded lossily.
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(HeaderName::as_str).collect()
+    }
+
+    fn get_all(&self, key: &str) -> Option<Vec<&str>> {
+        let mut values = self.0.get_all(key).iter().peekable();
+        values.peek()?;
+        Some(values.filter_map(|v| v.to_str().ok()).collect())
+    }
+}
+
+/// Writes propagation fields into an [`http::HeaderMap`].
+///
+/// A field whose name or value is not a valid HTTP header is dropped rather
+/// than written: a propagator must never produce an invalid request.
+#[derive(Debug)]
+pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::try_from(value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! W3C Trace Context (Level 1 and Level 2): `traceparent` and `tracestate`.
+
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+use opentelemetry::Context;
+
+use super::hex;
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+const MAX_MEMBERS: usize = 32;
+const MAX_KEY_LEN: usize = 256;
+const MAX_VALUE_LEN: usize = 256;
+
+/// The W3C Trace Context propagator (`traceparent` + `tracestate`).
+///
+/// Parsing is strict where the specification is strict (lowercase hex, exact
+/// field lengths, version `00` is exactly 55 characters, `ff` is invalid, no
+/// all-zero ids, a single `traceparent` header) and forward compatible where
+/// it asks to be (a higher version is parsed by its first four fields). The
+/// trace flags byte is carried unchanged, so the Level 2 `random` bit
+/// (`0x02`) survives a hop. Several `tracestate` headers are combined; a list
+/// with an invalid member or more than 32 members is discarded as a whole; an
+/// empty `tracestate` is never sent.
+///
+/// ```
+/// use opentelemetry::propagation::TextMapPropagator;
+/// use opentelemetry::trace::TraceContextExt;
+/// use std::collections::HashMap;
+///
+/// let propagator = otel_tower::propagation::TraceContext::new();
+/// let mut headers = HashMap::new();
+/// headers.insert(
+///     "traceparent".to_string(),
+///     "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-03".to_string(),
+/// );
+/// let cx = propagator.extract(&headers);
+/// let span = cx.span();
+/// assert!(span.span_context().is_remote());
+/// assert_eq!(span.span_context().trace_flags().to_u8(), 0x03);
+/// ```
+#[derive(Debug, Clone)]
+pub struct TraceContext {
+    fields: [String; 2],
+}
+
+impl Default for TraceContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TraceContext {
+    /// Creates the propagator.
+    pub fn new() -> Self {
+        TraceContext {
+            fields: [TRACEPARENT.to_string(), TRACESTATE.to_string()],
+        }
+    }
+}
+
+/// A `tracestate` that is valid by the W3C grammar but that
+/// [`opentelemetry::trace::TraceState`] cannot hold (its key check predates
+/// Level 2 and rejects e.g. `foo@@bar`). It rides in the [`Context`] next to
+/// the span context of the same trace, so it is still sent onward.
+#[derive(Debug, Clone)]
+struct VerbatimTraceState {
+    trace_id: TraceId,
+    header: String,
+}
+
+/// Parses a `traceparent` value (surrounding whitespace allowed).
+pub(crate) fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
+    let value = value.trim_matches([' ', '\t']).as_bytes();
+    if value.len() < 55 {
+        return None;
+    }
+    let [version] = hex::decode::<1>(&value[0..2])?;
+    match version {
+        0xff => return None,
+        0x00 if value.len() != 55 => return None,
+        _ if value.len() > 55 && value[55] != b'-' => return None,
+        _ => {}
+    }
+    if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let trace_id = TraceId::from_bytes(hex::decode::<16>(&value[3..35])?);
+    let span_id = SpanId::from_bytes(hex::decode::<8>(&value[36..52])?);
+    let [flags] = hex::decode::<1>(&value[53..55])?;
+    if trace_id == TraceId::INVALID || span_id == SpanId::INVALID {
+        return None;
+    }
+    Some((trace_id, span_id, TraceFlags::new(flags)))
+}
+
+fn valid_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    let Some(&first) = bytes.first() else {
+        return false;
+    };
+    bytes.len() <= MAX_KEY_LEN
+        && (first.is_ascii_lowercase() || first.is_ascii_digit())
+        && bytes[1..].iter().all(|&b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/' | b'@')
+        })
+}
+
+fn valid_value(value: &str) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_VALUE_LEN
+        && bytes.last() != Some(&b' ')
+        && bytes.iter().all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+}
+
+/// Parses the combined `tracestate` list; `None` means "discard all of it".
+pub(crate) fn parse_tracestate<'a>(headers: impl IntoIterator<Item = &'a str>) -> Option<Vec<(&'a str, &'a str)>> {
+    let mut members: Vec<(&str, &str)> = Vec::new();
+    for header in headers {
+        for member in header.split(',') {
+            let member = member.trim_matches([' ', '\t']);
+            if member.is_empty() {
+                continue;
+            }
+            let (key, value) = member.split_once('=')?;
+            if !valid_key(key) || !valid_value(value) || members.iter().any(|(k, _)| *k == key) {
+                return None;
+            }
+            if members.len() == MAX_MEMBERS {
+                return None;
+            }
+            members.push((key, value));
+        }
+    }
+    Some(members)
+}
+
+impl TextMapPropagator for TraceContext {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return;
+        }
+        let mut traceparent = String::with_capacity(55);
+        traceparent.push_str("00-");
+        hex::encode_into(&sc.trace_id().to_bytes(), &mut traceparent);
+        traceparent.push('-');
+        hex::encode_into(&sc.span_id().to_bytes(), &mut traceparent);
+        traceparent.push('-');
+        hex::encode_into(&[sc.trace_flags().to_u8()], &mut traceparent);
+        injector.set(TRACEPARENT, traceparent);
+
+        let state = sc.trace_state().header();
+        if !state.is_empty() {
+            injector.set(TRACESTATE, state);
+        } else if let Some(verbatim) = cx.get::<VerbatimTraceState>() {
+            if verbatim.trace_id == sc.trace_id() {
+                injector.set(TRACESTATE, verbatim.header.clone());
+            }
+        }
+    }
+
+    fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
+        let parents = extractor.get_all(TRACEPARENT).unwrap_or_default();
+        let [traceparent] = parents.as_slice() else {
+            return cx.clone();
+        };
+        let Some((trace_id, span_id, flags)) = parse_traceparent(traceparent) else {
+            return cx.clone();
+        };
+        let states = extractor.get_all(TRACESTATE).unwrap_or_default();
+        let members = parse_tracestate(states.iter().copied()).unwrap_or_default();
+        let (trace_state, verbatim) = match TraceState::from_key_value(members.iter().copied()) {
+            Ok(state) => (state, None),
+            Err(_) => {
+                let header = members
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (TraceState::NONE, Some(VerbatimTraceState { trace_id, header }))
+            }
+        };
+        let sc = SpanContext::new(trace_id, span_id, flags, true, trace_state);
+        let cx = cx.with_remote_span_context(sc);
+        match verbatim {
+            Some(v) => cx.with_value(v),
+            None => cx,
+        }
+    }
+
+    fn fields(&self) -> FieldIter<'_> {
+        FieldIter::new(&self.fields)
+    }
+}
