@@ -1,28 +1,64 @@
 //! OpenTelemetry for RPC over tower: spans, metrics and context propagation
 //! for gRPC, gRPC-Web and Connect, on the server and the client side.
 //!
-//! The propagation part ([`propagation`]) can be used on its own: its
-//! [`ExtractLayer`](propagation::ExtractLayer) and
-//! [`InjectLayer`](propagation::InjectLayer) carry a trace across services
-//! without creating spans.
+//! One [`Instrumentation`] makes a [`ServerLayer`] for incoming calls and a
+//! [`ClientLayer`] for outgoing ones. Both read only HTTP (no codegen, no
+//! framework), so they work under tonic, connectrpc, axum or plain hyper:
+//!
+//! - the protocol is detected from the request (gRPC, gRPC-Web and its text
+//!   mode, Connect unary POST and GET, Connect streaming); anything else
+//!   passes through untouched;
+//! - spans follow the OpenTelemetry RPC semantic conventions v1.45.0 by
+//!   default ([`Semconv`] selects otelconnect-go's legacy names, or both);
+//! - the outcome is read wherever the protocol puts it (trailers,
+//!   trailers-only headers, the gRPC-Web trailer frame, Connect error bodies
+//!   and end-stream messages), and the span lasts until the stream ends;
+//! - context is extracted and injected with W3C Trace Context + Baggage by
+//!   default, or any [`propagation`] you choose.
 //!
 //! ```
-//! use opentelemetry::propagation::TextMapPropagator;
-//! use opentelemetry::trace::TraceContextExt;
-//! use std::collections::HashMap;
+//! use opentelemetry_sdk::metrics::SdkMeterProvider;
+//! use opentelemetry_sdk::trace::SdkTracerProvider;
+//! use tower::ServiceBuilder;
 //!
-//! let propagator = otel_tower::propagation::TraceContext::new();
-//! let mut incoming = HashMap::new();
-//! incoming.insert(
-//!     "traceparent".to_string(),
-//!     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string(),
-//! );
-//! let cx = propagator.extract(&incoming);
+//! let otel = otel_tower::Instrumentation::new()
+//!     .with_tracer_provider(SdkTracerProvider::builder().build())
+//!     .with_meter_provider(SdkMeterProvider::builder().build());
 //!
-//! let mut outgoing = HashMap::new();
-//! propagator.inject_context(&cx, &mut outgoing);
-//! assert_eq!(outgoing["traceparent"], incoming["traceparent"]);
+//! // Any tower service over http::Request / http::Response.
+//! let handler = tower::service_fn(|_req: http::Request<String>| async {
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+//! });
+//! let server = ServiceBuilder::new().layer(otel.server_layer()).service(handler);
+//! # let _ = server;
 //! ```
 #![warn(missing_docs)]
 
+mod body;
+mod call;
+mod client;
+mod instrumentation;
 pub mod propagation;
+mod request;
+pub mod semconv;
+mod server;
+pub mod wire;
+
+pub use body::{ResponseBody, ResponseFuture};
+pub use call::{MAX_CAPTURED_VALUE, MAX_STATUS_MESSAGE};
+pub use client::{ClientLayer, ClientService};
+pub use instrumentation::Instrumentation;
+pub use request::RpcRequest;
+pub use semconv::{Semconv, Side};
+pub use server::{ServerLayer, ServerService};
+pub use wire::{Code, Protocol, RpcSystem};
+
+/// A [`ServerLayer`] with every default: `Instrumentation::new().server_layer()`.
+pub fn server() -> ServerLayer {
+    Instrumentation::new().server_layer()
+}
+
+/// A [`ClientLayer`] with every default: `Instrumentation::new().client_layer()`.
+pub fn client() -> ClientLayer {
+    Instrumentation::new().client_layer()
+}

@@ -1,8 +1,10 @@
 //! B3 propagation (Zipkin): the single `b3` header and the `x-b3-*` headers.
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter};
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter,
+};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
 use super::hex;
 
@@ -83,7 +85,11 @@ impl B3 {
         let fields: Vec<String> = match encoding {
             Encoding::Single => single.iter().map(|s| s.to_string()).collect(),
             Encoding::Multi => multi.iter().map(|s| s.to_string()).collect(),
-            Encoding::Both => single.iter().chain(multi.iter()).map(|s| s.to_string()).collect(),
+            Encoding::Both => single
+                .iter()
+                .chain(multi.iter())
+                .map(|s| s.to_string())
+                .collect(),
         };
         B3 { encoding, fields }
     }
@@ -168,7 +174,11 @@ fn extract_multi(extractor: &dyn Extractor) -> Option<Extracted> {
         Some(_) => return None,
         None => None,
     };
-    let decision = if debug { Some(B3Decision::Debug) } else { sampled };
+    let decision = if debug {
+        Some(B3Decision::Debug)
+    } else {
+        sampled
+    };
     match (extractor.get(TRACE_ID), extractor.get(SPAN_ID)) {
         (Some(t), Some(s)) => {
             let trace_id = parse_trace_id(t.trim())?;
@@ -224,7 +234,11 @@ impl TextMapPropagator for B3 {
         match extracted {
             Some(Extracted::Context(trace_id, span_id, decision)) => {
                 let sampled = matches!(decision, Some(B3Decision::Sampled | B3Decision::Debug));
-                let flags = if sampled { TraceFlags::SAMPLED } else { TraceFlags::NOT_SAMPLED };
+                let flags = if sampled {
+                    TraceFlags::SAMPLED
+                } else {
+                    TraceFlags::NOT_SAMPLED
+                };
                 let sc = SpanContext::new(trace_id, span_id, flags, true, TraceState::NONE);
                 let cx = cx.with_remote_span_context(sc);
                 if decision == Some(B3Decision::Debug) {

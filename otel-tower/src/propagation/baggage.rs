@@ -1,8 +1,10 @@
 //! W3C Baggage: the `baggage` header, percent-encoded both ways.
 
-use opentelemetry::baggage::{BaggageExt, BaggageMetadata};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter};
 use opentelemetry::Context;
+use opentelemetry::baggage::{BaggageExt, BaggageMetadata};
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter,
+};
 
 const BAGGAGE: &str = "baggage";
 /// Most list members read from all `baggage` headers together.
@@ -56,7 +58,20 @@ fn is_token(s: &str) -> bool {
             b.is_ascii_alphanumeric()
                 || matches!(
                     b,
-                    b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+' | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
                 )
         })
 }
@@ -176,7 +191,11 @@ impl TextMapPropagator for Baggage {
             header.push('=');
             percent_encode_into(value.as_str(), &mut header);
             let metadata = metadata.as_str();
-            if !metadata.is_empty() && metadata.bytes().all(|b| (0x20..=0x7e).contains(&b) && b != b',') {
+            if !metadata.is_empty()
+                && metadata
+                    .bytes()
+                    .all(|b| (0x20..=0x7e).contains(&b) && b != b',')
+            {
                 header.push(';');
                 header.push_str(metadata);
             }
@@ -196,7 +215,11 @@ impl TextMapPropagator for Baggage {
         }
         let mut baggage = opentelemetry::baggage::Baggage::new();
         for m in members {
-            baggage.insert_with_metadata(m.key.to_string(), m.value, BaggageMetadata::from(m.properties));
+            baggage.insert_with_metadata(
+                m.key.to_string(),
+                m.value,
+                BaggageMetadata::from(m.properties),
+            );
         }
         cx.with_baggage(baggage)
     }

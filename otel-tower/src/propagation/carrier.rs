@@ -3,12 +3,19 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, Injector};
 
+/// Stands in for a header value that is not visible ASCII.
+const NOT_VISIBLE_ASCII: &str = "\u{FFFD}";
+
 /// Reads propagation fields from an [`http::HeaderMap`].
 ///
 /// Unlike a plain `get`, [`Extractor::get_all`] returns every value of a
 /// repeated header, which W3C Trace Context and Baggage need (several
 /// `tracestate` or `baggage` headers are one combined list). Values that are
-/// not visible ASCII are skipped, never decoded lossily.
+/// not visible ASCII are never decoded lossily: [`Extractor::get`] skips them,
+/// and [`Extractor::get_all`] reports each as `"\u{FFFD}"`, which no
+/// propagation grammar accepts, so it still counts (a binary second
+/// `traceparent` makes the pair invalid; a binary `tracestate` invalidates
+/// the list) without its bytes being read.
 #[derive(Debug, Clone, Copy)]
 pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
@@ -24,7 +31,11 @@ impl Extractor for HeaderExtractor<'_> {
     fn get_all(&self, key: &str) -> Option<Vec<&str>> {
         let mut values = self.0.get_all(key).iter().peekable();
         values.peek()?;
-        Some(values.filter_map(|v| v.to_str().ok()).collect())
+        Some(
+            values
+                .map(|v| v.to_str().unwrap_or(NOT_VISIBLE_ASCII))
+                .collect(),
+        )
     }
 }
 

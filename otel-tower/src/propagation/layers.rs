@@ -5,8 +5,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::Context;
+use opentelemetry::propagation::TextMapPropagator;
 use tower_layer::Layer;
 use tower_service::Service;
 

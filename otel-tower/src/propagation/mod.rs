@@ -30,8 +30,10 @@ mod trace_context;
 use std::fmt;
 use std::sync::Arc;
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter};
 use opentelemetry::Context;
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter,
+};
 
 pub use b3::{B3, B3Decision};
 pub use baggage::{Baggage, MAX_BYTES as BAGGAGE_MAX_BYTES, MAX_MEMBERS as BAGGAGE_MAX_MEMBERS};
@@ -74,13 +76,19 @@ impl CompositePropagator {
                 }
             }
         }
-        CompositePropagator { propagators, fields }
+        CompositePropagator {
+            propagators,
+            fields,
+        }
     }
 
     /// W3C Trace Context followed by W3C Baggage: what the layers use when
     /// nothing else is configured.
     pub fn w3c() -> Self {
-        Self::new(vec![Box::new(TraceContext::new()), Box::new(Baggage::new())])
+        Self::new(vec![
+            Box::new(TraceContext::new()),
+            Box::new(Baggage::new()),
+        ])
     }
 }
 
@@ -178,7 +186,10 @@ pub fn from_env() -> CompositePropagator {
 
 /// [`from_env`] for a given value of `OTEL_PROPAGATORS` (`None`: unset).
 pub fn from_env_value(value: Option<&str>) -> CompositePropagator {
-    let value = value.map(str::trim).filter(|v| !v.is_empty()).unwrap_or("tracecontext,baggage");
+    let value = value
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .unwrap_or("tracecontext,baggage");
     let mut names: Vec<String> = Vec::new();
     let mut unknown: Vec<&str> = Vec::new();
     for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {

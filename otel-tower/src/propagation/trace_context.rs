@@ -1,8 +1,10 @@
 //! W3C Trace Context (Level 1 and Level 2): `traceparent` and `tracestate`.
 
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter};
-use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use opentelemetry::Context;
+use opentelemetry::propagation::{
+    Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter,
+};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
 use super::hex;
 
@@ -102,7 +104,9 @@ fn valid_key(key: &str) -> bool {
     bytes.len() <= MAX_KEY_LEN
         && (first.is_ascii_lowercase() || first.is_ascii_digit())
         && bytes[1..].iter().all(|&b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/' | b'@')
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'_' | b'-' | b'*' | b'/' | b'@')
         })
 }
 
@@ -111,11 +115,15 @@ fn valid_value(value: &str) -> bool {
     !bytes.is_empty()
         && bytes.len() <= MAX_VALUE_LEN
         && bytes.last() != Some(&b' ')
-        && bytes.iter().all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
+        && bytes
+            .iter()
+            .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=')
 }
 
 /// Parses the combined `tracestate` list; `None` means "discard all of it".
-pub(crate) fn parse_tracestate<'a>(headers: impl IntoIterator<Item = &'a str>) -> Option<Vec<(&'a str, &'a str)>> {
+pub(crate) fn parse_tracestate<'a>(
+    headers: impl IntoIterator<Item = &'a str>,
+) -> Option<Vec<(&'a str, &'a str)>> {
     let mut members: Vec<(&str, &str)> = Vec::new();
     for header in headers {
         for member in header.split(',') {
@@ -180,7 +188,10 @@ impl TextMapPropagator for TraceContext {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(",");
-                (TraceState::NONE, Some(VerbatimTraceState { trace_id, header }))
+                (
+                    TraceState::NONE,
+                    Some(VerbatimTraceState { trace_id, header }),
+                )
             }
         };
         let sc = SpanContext::new(trace_id, span_id, flags, true, trace_state);

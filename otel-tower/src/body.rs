@@ -1,0 +1,163 @@
+//! The response body wrapper and the response future: they feed the call
+//! every frame and end it on the first end-of-RPC event.
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll, ready};
+
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
+use opentelemetry::Context;
+
+use crate::call::Call;
+
+pin_project_lite::pin_project! {
+    /// A response body that passes every frame through unchanged while the
+    /// RPC it belongs to is observed. Same `Data` and `Error` as the inner
+    /// body; `Unpin` when the inner body is.
+    pub struct ResponseBody<B> {
+        #[pin]
+        inner: B,
+        call: Option<Call>,
+        attach: Option<Context>,
+    }
+
+}
+
+impl<B> std::fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseBody")
+            .field("observed", &self.call.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> ResponseBody<B> {
+    pub(crate) fn new(inner: B, call: Option<Call>, attach: Option<Context>) -> Self {
+        ResponseBody {
+            inner,
+            call,
+            attach,
+        }
+    }
+}
+
+fn feed_data<D: Buf>(call: &mut Call, data: &D) {
+    if data.chunk().len() == data.remaining() {
+        call.on_data(data.chunk());
+        return;
+    }
+    let mut slices = [IoSlice::new(&[]); 64];
+    let n = data.chunks_vectored(&mut slices);
+    for slice in &slices[..n] {
+        call.on_data(slice);
+    }
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let _guard = this.attach.as_ref().map(|c| c.clone().attach());
+        let mut inner = this.inner;
+        let result = ready!(inner.as_mut().poll_frame(cx));
+        if let Some(call) = this.call.as_mut() {
+            match &result {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        feed_data(call, data);
+                    } else if let Some(trailers) = frame.trailers_ref() {
+                        call.on_trailers(trailers);
+                    }
+                }
+                Some(Err(_)) => call.on_abandoned(),
+                None => call.on_end(),
+            }
+            if inner.is_end_stream() {
+                call.on_end();
+            }
+        }
+        Poll::Ready(result)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of the server and client services.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<Call>,
+        attach: Option<Context>,
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("observed", &self.call.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    pub(crate) fn new(inner: F, call: Option<Call>, attach: Option<Context>) -> Self {
+        ResponseFuture {
+            inner,
+            call,
+            attach,
+        }
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<http::Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = {
+            let _guard = this.attach.as_ref().map(|c| c.clone().attach());
+            ready!(this.inner.poll(cx))
+        };
+        let attach = this.attach.take();
+        Poll::Ready(match result {
+            Ok(response) => {
+                let (mut head, body) = response.into_parts();
+                let mut call = this.call.take();
+                if let Some(c) = call.as_mut() {
+                    c.on_response(&mut head);
+                    if body.is_end_stream() {
+                        c.on_end();
+                    }
+                }
+                Ok(http::Response::from_parts(
+                    head,
+                    ResponseBody::new(body, call, attach),
+                ))
+            }
+            Err(e) => {
+                if let Some(mut call) = this.call.take() {
+                    call.on_service_error(String::new());
+                }
+                Err(e)
+            }
+        })
+    }
+}

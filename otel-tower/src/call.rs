@@ -1,0 +1,656 @@
+//! One RPC in flight: watches the response, decides the outcome, and finishes
+//! the span and metrics exactly once.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue, StringValue, Value};
+
+use crate::instrumentation::{CapturedHeader, Config};
+use crate::request::RpcRequest;
+use crate::semconv::{Ending, Facts, MethodNames, Side, keys};
+use crate::wire::connect_error::{self, ERROR_BODY_CAP};
+use crate::wire::envelope::{self, Base64Stream, EnvelopeEvent, EnvelopeParser};
+use crate::wire::{Code, Protocol, RpcSystem, decode_grpc_message, grpc_web};
+
+/// Longest status message kept as a span status description (bytes); longer
+/// messages are cut at a character boundary.
+pub const MAX_STATUS_MESSAGE: usize = 1024;
+
+/// Longest captured header value kept as a span attribute (bytes).
+pub const MAX_CAPTURED_VALUE: usize = 1024;
+
+/// How the response body is read.
+enum Reader {
+    /// Response head not seen yet.
+    Pending,
+    /// Enveloped body (gRPC, gRPC-Web, Connect streaming).
+    Envelopes(EnvelopeParser, Option<Base64Stream>),
+    /// Connect unary: one message, or an error body to classify.
+    Unary,
+}
+
+/// The per-call state.
+pub(crate) struct Call {
+    pub config: Arc<Config>,
+    pub side: Side,
+    pub protocol: Protocol,
+    pub system: RpcSystem,
+    pub method: MethodNames,
+    /// The path to intern when the call shows the method exists.
+    pub admit_path: Option<Box<str>>,
+    /// The context of the call: its span when traced, else the parent.
+    pub cx: Context,
+    pub traced: bool,
+    pub start: Instant,
+    pub start_time: SystemTime,
+    pub deadline: Option<Instant>,
+    pub server_address: Option<StringValue>,
+    pub server_port: Option<i64>,
+    pub peer: Option<SocketAddr>,
+    /// Size of a unary request body, when known.
+    pub request_size: Option<u64>,
+    /// Head of the request, kept only for the attribute filter.
+    pub filter_parts: Option<Box<http::request::Parts>>,
+    reader: Reader,
+    http_status: u16,
+    header_ending: Option<Ending>,
+    terminal_ending: Option<Ending>,
+    end_stream_seen: bool,
+    content_encoding: Option<HeaderValue>,
+    error_body: Option<Vec<u8>>,
+    error_body_truncated: bool,
+    body_bytes: u64,
+    messages: u64,
+    legacy_base: Option<Vec<KeyValue>>,
+    done: bool,
+}
+
+/// Cuts `s` to at most `max` bytes on a character boundary.
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+fn header_ending(headers: &HeaderMap) -> Option<Ending> {
+    let status = headers.get("grpc-status")?;
+    let code = Code::from_grpc_status(status.as_bytes()).unwrap_or(Code::Unknown);
+    let message = headers
+        .get("grpc-message")
+        .map(|m| truncate(decode_grpc_message(m.as_bytes()), MAX_STATUS_MESSAGE))
+        .filter(|m| !m.is_empty());
+    Some(Ending {
+        code: Some(code),
+        message,
+        not_modified: false,
+    })
+}
+
+impl Call {
+    /// A call that has started; the reader is set up by [`Call::on_response`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: Arc<Config>,
+        side: Side,
+        protocol: Protocol,
+        system: RpcSystem,
+        method: MethodNames,
+        admit_path: Option<Box<str>>,
+        cx: Context,
+        traced: bool,
+        start: Instant,
+        start_time: SystemTime,
+    ) -> Self {
+        Call {
+            config,
+            side,
+            protocol,
+            system,
+            method,
+            admit_path,
+            cx,
+            traced,
+            start,
+            start_time,
+            deadline: None,
+            server_address: None,
+            server_port: None,
+            peer: None,
+            request_size: None,
+            filter_parts: None,
+            reader: Reader::Pending,
+            http_status: 0,
+            header_ending: None,
+            terminal_ending: None,
+            end_stream_seen: false,
+            content_encoding: None,
+            error_body: None,
+            error_body_truncated: false,
+            body_bytes: 0,
+            messages: 0,
+            legacy_base: None,
+            done: false,
+        }
+    }
+
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            mode: self.config.mode,
+            side: self.side,
+            system: self.system,
+            method: &self.method,
+            server_address: self.server_address.as_ref(),
+            server_port: self.server_port,
+            peer: self.peer,
+        }
+    }
+
+    /// Whether this call records message events.
+    fn events(&self) -> bool {
+        self.traced && self.config.trace_events
+    }
+
+    /// Attribute values of captured headers, one string per header value.
+    pub fn captured(
+        headers: &HeaderMap,
+        captured: &[CapturedHeader],
+        system: RpcSystem,
+        config: &Config,
+        out: &mut Vec<KeyValue>,
+    ) {
+        for h in captured {
+            let values: Vec<StringValue> = headers
+                .get_all(&h.name)
+                .iter()
+                .map(|v| {
+                    truncate(
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        MAX_CAPTURED_VALUE,
+                    )
+                    .into()
+                })
+                .collect();
+            if values.is_empty() {
+                continue;
+            }
+            let array = || Value::Array(opentelemetry::Array::String(values.clone()));
+            if config.mode.stable() {
+                out.push(KeyValue::new(h.stable.clone(), array()));
+            }
+            if config.mode.legacy() {
+                let key = match system {
+                    RpcSystem::Grpc => h.legacy_grpc.clone(),
+                    RpcSystem::ConnectRpc => h.legacy_connect.clone(),
+                };
+                out.push(KeyValue::new(key, array()));
+            }
+        }
+    }
+
+    fn capture_response(&self, headers: &HeaderMap) {
+        if !self.traced || self.config.response_headers.is_empty() {
+            return;
+        }
+        let mut attrs = Vec::new();
+        Call::captured(
+            headers,
+            &self.config.response_headers,
+            self.system,
+            &self.config,
+            &mut attrs,
+        );
+        self.filter_attributes(&mut attrs);
+        if !attrs.is_empty() {
+            self.cx.span().set_attributes(attrs);
+        }
+    }
+
+    /// Applies the attribute filter, if any.
+    pub fn filter_attributes(&self, attrs: &mut Vec<KeyValue>) {
+        let (Some(filter), Some(parts)) = (&self.config.attribute_filter, &self.filter_parts)
+        else {
+            return;
+        };
+        let req = RpcRequest {
+            parts,
+            protocol: self.protocol,
+            system: self.system,
+            method: self.method.full.as_str(),
+            service: self.method.service.as_str(),
+            method_name: self.method.short.as_str(),
+            client: self.side == Side::Client,
+        };
+        attrs.retain(|kv| filter(&req, kv));
+    }
+
+    /// The response head arrived.
+    pub fn on_response(&mut self, head: &mut http::response::Parts) {
+        self.http_status = head.status.as_u16();
+        if self.protocol.is_grpc() {
+            self.header_ending = header_ending(&head.headers);
+        }
+        self.content_encoding = match self.protocol {
+            Protocol::ConnectUnary | Protocol::ConnectGet => {
+                head.headers.get(http::header::CONTENT_ENCODING).cloned()
+            }
+            Protocol::ConnectStream => head.headers.get("connect-content-encoding").cloned(),
+            _ => None,
+        };
+        self.reader = match self.protocol {
+            Protocol::ConnectUnary | Protocol::ConnectGet => {
+                if self.http_status != 200 && self.http_status != 304 {
+                    self.error_body = Some(Vec::new());
+                }
+                Reader::Unary
+            }
+            Protocol::Grpc => Reader::Envelopes(EnvelopeParser::new(0), None),
+            Protocol::GrpcWeb => {
+                Reader::Envelopes(EnvelopeParser::new(envelope::FLAG_TRAILERS), None)
+            }
+            Protocol::GrpcWebText => Reader::Envelopes(
+                EnvelopeParser::new(envelope::FLAG_TRAILERS),
+                Some(Base64Stream::default()),
+            ),
+            Protocol::ConnectStream => {
+                Reader::Envelopes(EnvelopeParser::new(envelope::FLAG_END_STREAM), None)
+            }
+        };
+        self.capture_response(&head.headers);
+        if self.side == Side::Server && self.traced && self.config.propagate_response_header {
+            self.config.propagator.inject_context(
+                &self.cx,
+                &mut crate::propagation::HeaderInjector(&mut head.headers),
+            );
+        }
+    }
+
+    /// A chunk of response body passed through.
+    pub fn on_data(&mut self, data: &[u8]) {
+        if self.done {
+            return;
+        }
+        self.body_bytes += data.len() as u64;
+        let mut reader = std::mem::replace(&mut self.reader, Reader::Pending);
+        match &mut reader {
+            Reader::Pending => {}
+            Reader::Unary => {
+                if let Some(buf) = self.error_body.as_mut() {
+                    let room = ERROR_BODY_CAP - buf.len();
+                    buf.extend_from_slice(&data[..room.min(data.len())]);
+                    self.error_body_truncated |= data.len() > room;
+                }
+            }
+            Reader::Envelopes(parser, base64) => {
+                let mut on_event = |e: EnvelopeEvent<'_>| self.on_envelope(e);
+                match base64 {
+                    Some(decoder) => {
+                        decoder.feed(data, &mut |bytes| parser.feed(bytes, &mut on_event))
+                    }
+                    None => parser.feed(data, &mut on_event),
+                }
+            }
+        }
+        self.reader = reader;
+    }
+
+    fn on_envelope(&mut self, event: EnvelopeEvent<'_>) {
+        match event {
+            EnvelopeEvent::Message { flags, len } => {
+                self.messages += 1;
+                self.on_message(flags, len);
+            }
+            EnvelopeEvent::Terminal {
+                flags,
+                payload,
+                truncated,
+            } => {
+                self.end_stream_seen = true;
+                self.terminal_ending = Some(if flags & envelope::FLAG_TRAILERS != 0 {
+                    self.capture_trailer_block(payload);
+                    self.grpc_web_trailers(payload)
+                } else {
+                    self.connect_end_stream(flags, payload, truncated)
+                });
+            }
+        }
+    }
+
+    fn capture_trailer_block(&self, block: &[u8]) {
+        if !self.traced || self.config.response_headers.is_empty() {
+            return;
+        }
+        let mut map = HeaderMap::new();
+        for (name, value) in grpc_web::trailer_lines(block) {
+            if let (Ok(n), Ok(v)) = (
+                http::HeaderName::from_bytes(name),
+                HeaderValue::from_bytes(value),
+            ) {
+                map.append(n, v);
+            }
+        }
+        self.capture_response(&map);
+    }
+
+    fn grpc_web_trailers(&self, block: &[u8]) -> Ending {
+        let code = grpc_web::trailer(block, "grpc-status")
+            .map(|s| Code::from_grpc_status(s).unwrap_or(Code::Unknown))
+            .unwrap_or(Code::Unknown);
+        let message = grpc_web::trailer(block, "grpc-message")
+            .map(|m| truncate(decode_grpc_message(m), MAX_STATUS_MESSAGE))
+            .filter(|m| !m.is_empty());
+        Ending {
+            code: Some(code),
+            message,
+            not_modified: false,
+        }
+    }
+
+    fn connect_end_stream(&self, flags: u8, payload: &[u8], truncated: bool) -> Ending {
+        let json = if flags & envelope::FLAG_COMPRESSED != 0 {
+            connect_error::decompress(
+                payload,
+                self.content_encoding.as_ref().map(|v| v.as_bytes()),
+                ERROR_BODY_CAP,
+            )
+        } else {
+            (!truncated).then(|| payload.to_vec())
+        };
+        match json.as_deref().and_then(connect_error::parse_end_stream) {
+            Some(None) => Ending {
+                code: Some(Code::Ok),
+                message: None,
+                not_modified: false,
+            },
+            Some(Some(err)) => Ending {
+                code: Some(err.code.unwrap_or(Code::Unknown)),
+                message: err.message.map(|m| truncate(m, MAX_STATUS_MESSAGE)),
+                not_modified: false,
+            },
+            None => Ending {
+                code: Some(Code::Unknown),
+                message: None,
+                not_modified: false,
+            },
+        }
+    }
+
+    /// One response message: an event and, in Legacy, a size record.
+    fn on_message(&mut self, flags: u8, len: u32) {
+        let sent = self.side == Side::Server;
+        if self.events() {
+            let id = self.messages as i64;
+            self.add_message_event(sent, id, flags, u64::from(len));
+        }
+        if let Some(legacy) = self
+            .config
+            .instruments(self.side)
+            .and_then(|i| i.legacy.as_ref())
+        {
+            if self.legacy_base.is_none() {
+                let mut base = Vec::with_capacity(6);
+                self.facts()
+                    .legacy_metric_base(self.method.other, &mut base);
+                self.filter_attributes(&mut base);
+                self.legacy_base = Some(base);
+            }
+            let attrs = self.legacy_base.as_deref().unwrap_or_default();
+            legacy.response_size.record(u64::from(len), attrs);
+        }
+    }
+
+    fn add_message_event(&self, sent: bool, id: i64, flags: u8, size: u64) {
+        let kind = if sent { "SENT" } else { "RECEIVED" };
+        let size = size as i64;
+        let span = self.cx.span();
+        if self.config.mode.legacy() {
+            span.add_event(
+                "message",
+                vec![
+                    KeyValue::new(keys::MESSAGE_TYPE, kind),
+                    KeyValue::new(keys::MESSAGE_ID, id),
+                    KeyValue::new(keys::MESSAGE_UNCOMPRESSED_SIZE, size),
+                ],
+            );
+        } else {
+            let size_key = if flags & envelope::FLAG_COMPRESSED != 0 {
+                keys::RPC_MESSAGE_COMPRESSED_SIZE
+            } else {
+                keys::RPC_MESSAGE_UNCOMPRESSED_SIZE
+            };
+            span.add_event(
+                "rpc.message",
+                vec![
+                    KeyValue::new(keys::RPC_MESSAGE_TYPE, kind),
+                    KeyValue::new(keys::RPC_MESSAGE_ID, id),
+                    KeyValue::new(size_key, size),
+                ],
+            );
+        }
+    }
+
+    /// The trailers frame arrived: the outcome is known.
+    pub fn on_trailers(&mut self, trailers: &HeaderMap) {
+        if self.done {
+            return;
+        }
+        self.capture_response(trailers);
+        if self.protocol.is_grpc() {
+            if let Some(ending) = header_ending(trailers) {
+                self.terminal_ending = Some(ending);
+            }
+        }
+        self.on_end();
+    }
+
+    /// The response body ended: finish with the best outcome available.
+    pub fn on_end(&mut self) {
+        if self.done {
+            return;
+        }
+        let ending = self.outcome();
+        self.finish(ending);
+    }
+
+    fn outcome(&mut self) -> Ending {
+        let from_http = |status: u16| Ending {
+            code: Some(Code::from_http_status(status)),
+            message: None,
+            not_modified: false,
+        };
+        match self.protocol {
+            Protocol::Grpc | Protocol::GrpcWeb | Protocol::GrpcWebText => {
+                if let Some(e) = self
+                    .terminal_ending
+                    .take()
+                    .or_else(|| self.header_ending.take())
+                {
+                    e
+                } else if self.http_status == 200 {
+                    Ending {
+                        code: Some(Code::Unknown),
+                        message: None,
+                        not_modified: false,
+                    }
+                } else {
+                    from_http(self.http_status)
+                }
+            }
+            Protocol::ConnectStream => {
+                if self.http_status != 200 {
+                    from_http(self.http_status)
+                } else {
+                    self.terminal_ending.take().unwrap_or(Ending {
+                        code: Some(Code::Internal),
+                        message: Some("stream ended without an end-stream message".into()),
+                        not_modified: false,
+                    })
+                }
+            }
+            Protocol::ConnectUnary | Protocol::ConnectGet => match self.http_status {
+                200 => Ending {
+                    code: Some(Code::Ok),
+                    message: None,
+                    not_modified: false,
+                },
+                304 => Ending {
+                    code: Some(Code::Ok),
+                    message: None,
+                    not_modified: true,
+                },
+                status => {
+                    let body = self.error_body.take().unwrap_or_default();
+                    let parsed = if self.error_body_truncated {
+                        None
+                    } else {
+                        connect_error::decompress(
+                            &body,
+                            self.content_encoding.as_ref().map(|v| v.as_bytes()),
+                            ERROR_BODY_CAP,
+                        )
+                        .and_then(|json| connect_error::parse_unary_error(&json))
+                    };
+                    match parsed {
+                        Some(err) if err.code.is_some() => Ending {
+                            code: err.code,
+                            message: err.message.map(|m| truncate(m, MAX_STATUS_MESSAGE)),
+                            not_modified: false,
+                        },
+                        _ => from_http(status),
+                    }
+                }
+            },
+        }
+    }
+
+    /// The body failed or was abandoned: CANCELLED, or DEADLINE_EXCEEDED once
+    /// the request's deadline has passed.
+    pub fn on_abandoned(&mut self) {
+        if self.done {
+            return;
+        }
+        let code = match self.deadline {
+            Some(deadline) if Instant::now() >= deadline => Code::DeadlineExceeded,
+            _ => Code::Cancelled,
+        };
+        self.finish(Ending {
+            code: Some(code),
+            message: None,
+            not_modified: false,
+        });
+    }
+
+    /// The inner service failed before a response (transport error): no code.
+    pub fn on_service_error(&mut self, message: String) {
+        self.finish(Ending {
+            code: None,
+            message: Some(truncate(message, MAX_STATUS_MESSAGE)),
+            not_modified: false,
+        });
+    }
+
+    /// Ends the span and records the metrics. Runs at most once.
+    fn finish(&mut self, ending: Ending) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let elapsed = self.start.elapsed();
+        let end_time = self.start_time + elapsed;
+        let renamed = !self.method.other
+            && !self.config.methods.has_known_methods()
+            && ending.code == Some(Code::Unimplemented);
+        let other = self.method.other || renamed;
+        let unary = matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet);
+
+        if self.traced {
+            let span = self.cx.span();
+            if span.is_recording() {
+                if unary && self.events() {
+                    let response_size = if ending.code == Some(Code::Ok) {
+                        self.body_bytes
+                    } else {
+                        0
+                    };
+                    let request_size = self.request_size.unwrap_or(0);
+                    let server = self.side == Side::Server;
+                    if self.config.mode.legacy() {
+                        // Request first: received by the server, sent by the client.
+                        self.add_message_event(!server, 1, 0, request_size);
+                        self.add_message_event(server, 1, 0, response_size);
+                    }
+                }
+                let facts = self.facts();
+                let mut attrs = Vec::with_capacity(6);
+                facts.end_attributes(&ending, renamed, &mut attrs);
+                self.filter_attributes(&mut attrs);
+                if renamed && self.config.mode.stable() {
+                    span.update_name(self.system.name());
+                }
+                let status = facts.span_status(&ending);
+                span.set_attributes(attrs);
+                if status != Status::Unset {
+                    span.set_status(status);
+                }
+            }
+            span.end_with_timestamp(end_time);
+        }
+
+        if let Some(instruments) = self.config.instruments(self.side) {
+            let facts = self.facts();
+            if let Some(h) = &instruments.call_duration {
+                let mut attrs = Vec::with_capacity(6);
+                facts.stable_metric_attributes(&ending, other, &mut attrs);
+                self.filter_attributes(&mut attrs);
+                h.record(elapsed.as_secs_f64(), &attrs);
+            }
+            if let Some(legacy) = &instruments.legacy {
+                let mut attrs = Vec::with_capacity(7);
+                facts.legacy_metric_attributes(&ending, other, &mut attrs);
+                self.filter_attributes(&mut attrs);
+                legacy.duration.record(elapsed.as_millis() as u64, &attrs);
+                if unary {
+                    let response_size = if ending.code == Some(Code::Ok) {
+                        self.body_bytes
+                    } else {
+                        0
+                    };
+                    legacy
+                        .request_size
+                        .record(self.request_size.unwrap_or(0), &attrs);
+                    legacy.response_size.record(response_size, &attrs);
+                    legacy.requests_per_rpc.record(1, &attrs);
+                    legacy.responses_per_rpc.record(1, &attrs);
+                } else {
+                    legacy.responses_per_rpc.record(self.messages, &attrs);
+                }
+            }
+        }
+
+        if !other && ending.code.is_some() {
+            if let Some(path) = self.admit_path.take() {
+                self.config.methods.admit(&path);
+            }
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // A body dropped after its terminal message ended normally, even if
+        // nobody polled it to the end.
+        if self.end_stream_seen {
+            self.on_end();
+        } else {
+            self.on_abandoned();
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! `Instrumentation`: the options, resolved once into a shared `Config`.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock, RwLock};
+
+use http::HeaderName;
+use opentelemetry::global::{BoxedTracer, ObjectSafeTracerProvider};
+use opentelemetry::metrics::MeterProvider;
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::TracerProvider;
+use opentelemetry::{InstrumentationScope, Key, KeyValue, StringValue};
+
+use crate::propagation::{DefaultPropagator, SharedPropagator};
+use crate::request::RpcRequest;
+use crate::semconv::{MethodNames, Semconv, Side, SideInstruments, keys};
+use crate::wire::{Procedure, RpcSystem};
+use crate::{ClientLayer, ServerLayer};
+
+type Predicate = Arc<dyn Fn(&RpcRequest<'_>) -> bool + Send + Sync>;
+type AttributePredicate = Arc<dyn Fn(&RpcRequest<'_>, &KeyValue) -> bool + Send + Sync>;
+type PeerAddrFn = Arc<dyn Fn(&http::Extensions) -> Option<SocketAddr> + Send + Sync>;
+
+/// How many distinct methods get pre-built names (interned once, shared by
+/// every later call). Only methods that did not end UNIMPLEMENTED are
+/// admitted, so scanners probing random paths cannot fill it.
+const METHOD_CACHE_CAP: usize = 1024;
+
+#[derive(Clone)]
+struct Options {
+    tracer_provider: Option<Arc<dyn ObjectSafeTracerProvider + Send + Sync>>,
+    meter_provider: Option<Arc<dyn MeterProvider + Send + Sync>>,
+    propagator: Option<SharedPropagator>,
+    filter: Option<Predicate>,
+    attribute_filter: Option<AttributePredicate>,
+    tracing: bool,
+    metrics: bool,
+    server_peer_attributes: bool,
+    public_endpoint: Option<Predicate>,
+    request_headers: Vec<HeaderName>,
+    response_headers: Vec<HeaderName>,
+    trace_events: Option<bool>,
+    propagate_response_header: bool,
+    rpc_system: Option<RpcSystem>,
+    semconv: Option<Semconv>,
+    known_methods: Option<Vec<String>>,
+    peer_addr_fn: Option<PeerAddrFn>,
+    scope_name: &'static str,
+    scope_version: &'static str,
+}
+
+/// One configuration for a service's inbound and outbound calls.
+///
+/// Build it once, then make a [`ServerLayer`] and a [`ClientLayer`] from it.
+/// It is cheap to clone. Options are resolved (providers turned into a
+/// tracer and instruments, `OTEL_SEMCONV_STABILITY_OPT_IN` read) the first
+/// time a layer is made, never per request.
+///
+/// ```
+/// use opentelemetry_sdk::trace::SdkTracerProvider;
+/// use opentelemetry_sdk::metrics::SdkMeterProvider;
+///
+/// let otel = otel_tower::Instrumentation::new()
+///     .with_tracer_provider(SdkTracerProvider::builder().build())
+///     .with_meter_provider(SdkMeterProvider::builder().build())
+///     .without_server_peer_attributes();
+/// let server = otel.server_layer();
+/// let client = otel.client_layer();
+/// # let _ = (server, client);
+/// ```
+#[derive(Clone)]
+pub struct Instrumentation {
+    options: Arc<Options>,
+    built: Arc<OnceLock<Arc<Config>>>,
+}
+
+impl fmt::Debug for Instrumentation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.options;
+        f.debug_struct("Instrumentation")
+            .field("scope", &o.scope_name)
+            .field("tracing", &o.tracing)
+            .field("metrics", &o.metrics)
+            .field("semconv", &o.semconv)
+            .field("rpc_system", &o.rpc_system)
+            .field("server_peer_attributes", &o.server_peer_attributes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Instrumentation {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Instrumentation {
+    /// Every default: global providers, the default propagator (see
+    /// [`propagation`](crate::propagation)), Stable conventions unless
+    /// `OTEL_SEMCONV_STABILITY_OPT_IN` says otherwise, trusted callers.
+    pub fn new() -> Self {
+        Instrumentation {
+            options: Arc::new(Options {
+                tracer_provider: None,
+                meter_provider: None,
+                propagator: None,
+                filter: None,
+                attribute_filter: None,
+                tracing: true,
+                metrics: true,
+                server_peer_attributes: true,
+                public_endpoint: None,
+                request_headers: Vec::new(),
+                response_headers: Vec::new(),
+                trace_events: None,
+                propagate_response_header: false,
+                rpc_system: None,
+                semconv: None,
+                known_methods: None,
+                peer_addr_fn: None,
+                scope_name: "otel-tower",
+                scope_version: env!("CARGO_PKG_VERSION"),
+            }),
+            built: Arc::new(OnceLock::new()),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Options)) -> Self {
+        f(Arc::make_mut(&mut self.options));
+        self.built = Arc::new(OnceLock::new());
+        self
+    }
+
+    /// Creates spans with this provider (default: the global provider at the
+    /// time the first layer is made).
+    pub fn with_tracer_provider<P>(self, provider: P) -> Self
+    where
+        P: TracerProvider + Send + Sync + 'static,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
+    {
+        self.edit(|o| o.tracer_provider = Some(Arc::new(provider)))
+    }
+
+    /// Records metrics with this provider (default: the global provider).
+    pub fn with_meter_provider<P>(self, provider: P) -> Self
+    where
+        P: MeterProvider + Send + Sync + 'static,
+    {
+        self.edit(|o| o.meter_provider = Some(Arc::new(provider)))
+    }
+
+    /// Extracts and injects context with this propagator (default: the
+    /// global propagator if one is installed, else W3C Trace Context +
+    /// Baggage).
+    pub fn with_propagator<P>(self, propagator: P) -> Self
+    where
+        P: TextMapPropagator + Send + Sync + 'static,
+    {
+        self.edit(|o| o.propagator = Some(Arc::new(propagator)))
+    }
+
+    /// Instruments only the calls for which `filter` returns true. Calls it
+    /// rejects get no span and no metrics, but the caller's context is still
+    /// propagated, so a filtered hop never splits a trace.
+    pub fn with_filter<F>(self, filter: F) -> Self
+    where
+        F: Fn(&RpcRequest<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.edit(|o| o.filter = Some(Arc::new(filter)))
+    }
+
+    /// Drops every span and metric attribute for which `filter` returns false.
+    pub fn with_attribute_filter<F>(self, filter: F) -> Self
+    where
+        F: Fn(&RpcRequest<'_>, &KeyValue) -> bool + Send + Sync + 'static,
+    {
+        self.edit(|o| o.attribute_filter = Some(Arc::new(filter)))
+    }
+
+    /// No spans at all; tracing then costs nothing per call (context is
+    /// still propagated).
+    pub fn without_tracing(self) -> Self {
+        self.edit(|o| o.tracing = false)
+    }
+
+    /// No metrics at all.
+    pub fn without_metrics(self) -> Self {
+        self.edit(|o| o.metrics = false)
+    }
+
+    /// Omits the client's socket address (`network.peer.*`, and in Legacy
+    /// `net.peer.*`) from server spans and server metrics, to keep metric
+    /// cardinality and span size down. Client-side attributes are untouched.
+    pub fn without_server_peer_attributes(self) -> Self {
+        self.edit(|o| o.server_peer_attributes = false)
+    }
+
+    /// Treats every caller as untrusted: the server span starts a new trace
+    /// with a link to the caller's span instead of being its child
+    /// (otelconnect-go's default). Baggage still reaches the handler.
+    pub fn with_public_endpoint(self) -> Self {
+        self.edit(|o| o.public_endpoint = Some(Arc::new(|_| true)))
+    }
+
+    /// Like [`with_public_endpoint`](Self::with_public_endpoint), for the
+    /// calls where `f` returns true.
+    pub fn with_public_endpoint_fn<F>(self, f: F) -> Self
+    where
+        F: Fn(&RpcRequest<'_>) -> bool + Send + Sync + 'static,
+    {
+        self.edit(|o| o.public_endpoint = Some(Arc::new(f)))
+    }
+
+    /// Records these request headers as span attributes
+    /// (`rpc.request.metadata.<name>`, all values). Spans only, never metrics.
+    ///
+    /// # Panics
+    ///
+    /// On a name that is not a valid HTTP header name, here at configuration
+    /// time.
+    pub fn with_trace_request_header<I, N>(self, names: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: AsRef<str>,
+    {
+        let names = header_names(names);
+        self.edit(|o| o.request_headers.extend(names))
+    }
+
+    /// Records these response headers and trailers as span attributes
+    /// (`rpc.response.metadata.<name>`). Spans only, never metrics.
+    ///
+    /// # Panics
+    ///
+    /// On a name that is not a valid HTTP header name.
+    pub fn with_trace_response_header<I, N>(self, names: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: AsRef<str>,
+    {
+        let names = header_names(names);
+        self.edit(|o| o.response_headers.extend(names))
+    }
+
+    /// Records message events on spans (default: off in Stable mode, on in
+    /// Legacy and Both).
+    pub fn with_trace_events(self) -> Self {
+        self.edit(|o| o.trace_events = Some(true))
+    }
+
+    /// Records no message events.
+    pub fn without_trace_events(self) -> Self {
+        self.edit(|o| o.trace_events = Some(false))
+    }
+
+    /// The server writes its span's context into the response headers (with
+    /// the configured propagator), so a caller can link to it.
+    pub fn with_propagate_response_header(self) -> Self {
+        self.edit(|o| o.propagate_response_header = true)
+    }
+
+    /// Reports every call under one convention, whatever its wire protocol.
+    pub fn with_rpc_system(self, system: RpcSystem) -> Self {
+        self.edit(|o| o.rpc_system = Some(system))
+    }
+
+    /// Chooses the semantic conventions, overriding
+    /// `OTEL_SEMCONV_STABILITY_OPT_IN`.
+    pub fn with_semconv(self, semconv: Semconv) -> Self {
+        self.edit(|o| o.semconv = Some(semconv))
+    }
+
+    /// The methods (`package.Service/Method`) this service knows; any other
+    /// method is reported as `_OTHER`.
+    pub fn with_known_methods<I, M>(self, methods: I) -> Self
+    where
+        I: IntoIterator<Item = M>,
+        M: Into<String>,
+    {
+        let methods: Vec<String> = methods.into_iter().map(Into::into).collect();
+        self.edit(|o| o.known_methods = Some(methods))
+    }
+
+    /// Where the server finds the client's socket address in the request
+    /// extensions (default: a [`SocketAddr`] extension, if any).
+    pub fn with_peer_addr_fn<F>(self, f: F) -> Self
+    where
+        F: Fn(&http::Extensions) -> Option<SocketAddr> + Send + Sync + 'static,
+    {
+        self.edit(|o| o.peer_addr_fn = Some(Arc::new(f)))
+    }
+
+    /// Sets the instrumentation scope name and version (the adapter crates
+    /// use this to report `otel-tonic` / `otel-connect`).
+    pub fn with_instrumentation_scope(self, name: &'static str, version: &'static str) -> Self {
+        self.edit(|o| {
+            o.scope_name = name;
+            o.scope_version = version;
+        })
+    }
+
+    /// The server layer.
+    pub fn server_layer(&self) -> ServerLayer {
+        ServerLayer::from_config(self.config())
+    }
+
+    /// The client layer.
+    pub fn client_layer(&self) -> ClientLayer {
+        ClientLayer::from_config(self.config())
+    }
+
+    /// The resolved configuration, built once.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.built
+            .get_or_init(|| Arc::new(Config::build(&self.options)))
+            .clone()
+    }
+}
+
+fn header_names<I, N>(names: I) -> Vec<HeaderName>
+where
+    I: IntoIterator<Item = N>,
+    N: AsRef<str>,
+{
+    names
+        .into_iter()
+        .map(|n| {
+            let n = n.as_ref();
+            HeaderName::from_bytes(n.as_bytes())
+                .unwrap_or_else(|_| panic!("otel-tower: {n:?} is not a valid HTTP header name"))
+        })
+        .collect()
+}
+
+/// A header captured as a span attribute, with its key in every convention.
+pub(crate) struct CapturedHeader {
+    pub name: HeaderName,
+    pub stable: Key,
+    pub legacy_grpc: Key,
+    pub legacy_connect: Key,
+}
+
+impl CapturedHeader {
+    fn new(name: HeaderName, direction: &str) -> Self {
+        let lower = name.as_str();
+        let underscored = lower.replace('-', "_");
+        let key = |s: String| Key::from(Arc::<str>::from(s));
+        CapturedHeader {
+            stable: key(format!("rpc.{direction}.metadata.{lower}")),
+            legacy_grpc: key(format!("rpc.grpc.{direction}.metadata.{underscored}")),
+            legacy_connect: key(format!(
+                "rpc.connect_rpc.{direction}.metadata.{underscored}"
+            )),
+            name,
+        }
+    }
+}
+
+/// Interned method names: parsed once per distinct path.
+pub(crate) struct MethodCache {
+    map: RwLock<HashMap<Box<str>, MethodNames>>,
+    known: Option<HashSet<String>>,
+}
+
+impl MethodCache {
+    fn new(known: Option<&[String]>) -> Self {
+        let cache = MethodCache {
+            map: RwLock::new(HashMap::new()),
+            known: known.map(|k| k.iter().cloned().collect()),
+        };
+        for m in known.unwrap_or_default() {
+            cache.admit(&format!("/{m}"));
+        }
+        cache
+    }
+
+    /// The names for a request path.
+    pub fn lookup(&self, path: &str) -> (MethodNames, bool) {
+        if let Some(names) = self.map.read().ok().and_then(|m| m.get(path).cloned()) {
+            return (names, true);
+        }
+        (
+            self.parse(path, |s| StringValue::from(Arc::<str>::from(s))),
+            false,
+        )
+    }
+
+    fn parse(&self, path: &str, intern: impl Fn(&str) -> StringValue) -> MethodNames {
+        match Procedure::parse(path) {
+            Some(p) => {
+                let other = self.known.as_ref().is_some_and(|k| !k.contains(p.full));
+                let full = intern(p.full);
+                MethodNames {
+                    span_name: Cow::Owned(p.full.to_owned()),
+                    service: intern(p.service),
+                    short: intern(p.method),
+                    full,
+                    other,
+                }
+            }
+            None => MethodNames {
+                full: intern(path),
+                service: StringValue::from(""),
+                short: StringValue::from(""),
+                span_name: Cow::Borrowed(keys::OTHER),
+                other: true,
+            },
+        }
+    }
+
+    /// Whether a method's name is decided up front (known-methods mode).
+    pub fn has_known_methods(&self) -> bool {
+        self.known.is_some()
+    }
+
+    /// Interns a method that turned out to exist, so later calls share its
+    /// names. The strings are leaked on purpose: at most
+    /// `METHOD_CACHE_CAP` of them, for the process lifetime.
+    pub fn admit(&self, path: &str) {
+        let Ok(mut map) = self.map.write() else {
+            return;
+        };
+        if map.len() >= METHOD_CACHE_CAP || map.contains_key(path) {
+            return;
+        }
+        let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+        let mut names = self.parse(path, |s| StringValue::from(leak(s)));
+        if let Some(p) = Procedure::parse(path) {
+            names.span_name = Cow::Borrowed(leak(p.full));
+        }
+        map.insert(path.into(), names);
+    }
+}
+
+/// The resolved configuration every layer and call shares.
+pub(crate) struct Config {
+    pub tracer: Option<BoxedTracer>,
+    pub server_instruments: Option<SideInstruments>,
+    pub client_instruments: Option<SideInstruments>,
+    pub propagator: SharedPropagator,
+    pub filter: Option<Predicate>,
+    pub attribute_filter: Option<AttributePredicate>,
+    pub server_peer_attributes: bool,
+    pub public_endpoint: Option<Predicate>,
+    pub request_headers: Vec<CapturedHeader>,
+    pub response_headers: Vec<CapturedHeader>,
+    pub trace_events: bool,
+    pub propagate_response_header: bool,
+    pub rpc_system: Option<RpcSystem>,
+    pub mode: Semconv,
+    pub methods: MethodCache,
+    pub peer_addr_fn: PeerAddrFn,
+}
+
+impl Config {
+    fn build(o: &Options) -> Config {
+        let mode = o.semconv.unwrap_or_else(|| {
+            Semconv::from_opt_in(
+                std::env::var("OTEL_SEMCONV_STABILITY_OPT_IN")
+                    .ok()
+                    .as_deref(),
+            )
+        });
+        let mut scope = InstrumentationScope::builder(o.scope_name).with_version(o.scope_version);
+        if mode.stable() {
+            scope = scope.with_schema_url(keys::SCHEMA_URL);
+        }
+        let scope = scope.build();
+        let tracer = o.tracing.then(|| match &o.tracer_provider {
+            Some(p) => BoxedTracer::new(p.boxed_tracer(scope.clone())),
+            None => opentelemetry::global::tracer_provider().tracer_with_scope(scope.clone()),
+        });
+        let (server_instruments, client_instruments) = if o.metrics {
+            let meter = match &o.meter_provider {
+                Some(p) => p.meter_with_scope(scope.clone()),
+                None => opentelemetry::global::meter_with_scope(scope.clone()),
+            };
+            (
+                Some(SideInstruments::new(&meter, mode, Side::Server)),
+                Some(SideInstruments::new(&meter, mode, Side::Client)),
+            )
+        } else {
+            (None, None)
+        };
+        Config {
+            tracer,
+            server_instruments,
+            client_instruments,
+            propagator: o
+                .propagator
+                .clone()
+                .unwrap_or_else(|| Arc::new(DefaultPropagator::new())),
+            filter: o.filter.clone(),
+            attribute_filter: o.attribute_filter.clone(),
+            server_peer_attributes: o.server_peer_attributes,
+            public_endpoint: o.public_endpoint.clone(),
+            request_headers: o
+                .request_headers
+                .iter()
+                .map(|n| CapturedHeader::new(n.clone(), "request"))
+                .collect(),
+            response_headers: o
+                .response_headers
+                .iter()
+                .map(|n| CapturedHeader::new(n.clone(), "response"))
+                .collect(),
+            trace_events: o.trace_events.unwrap_or(mode.legacy()),
+            propagate_response_header: o.propagate_response_header,
+            rpc_system: o.rpc_system,
+            mode,
+            methods: MethodCache::new(o.known_methods.as_deref()),
+            peer_addr_fn: o.peer_addr_fn.clone().unwrap_or_else(|| {
+                Arc::new(|ext: &http::Extensions| ext.get::<SocketAddr>().copied())
+            }),
+        }
+    }
+
+    pub fn instruments(&self, side: Side) -> Option<&SideInstruments> {
+        match side {
+            Side::Server => self.server_instruments.as_ref(),
+            Side::Client => self.client_instruments.as_ref(),
+        }
+    }
+}

@@ -1,0 +1,400 @@
+//! Semantic conventions: which attributes, statuses and metrics each mode
+//! emits (Stable v1.45.0, Legacy otelconnect-go v0.9.0, or Both).
+
+pub mod keys;
+
+use std::net::SocketAddr;
+
+use opentelemetry::metrics::{Histogram, Meter};
+use opentelemetry::trace::Status;
+use opentelemetry::{KeyValue, StringValue, Value};
+
+use crate::wire::{Code, RpcSystem};
+use keys::*;
+
+/// Which set of semantic conventions to emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Semconv {
+    /// OpenTelemetry semantic conventions v1.45.0 (the default).
+    #[default]
+    Stable,
+    /// What connectrpc/otelconnect-go v0.9.0 emits (semconv v1.21-era names).
+    Legacy,
+    /// Both attribute sets on each span, both metric families.
+    Both,
+}
+
+impl Semconv {
+    /// The mode selected by a value of `OTEL_SEMCONV_STABILITY_OPT_IN`
+    /// (`None`: unset): `rpc/dup` wins and selects [`Semconv::Both`],
+    /// `rpc/old` selects [`Semconv::Legacy`], anything else [`Semconv::Stable`].
+    pub fn from_opt_in(value: Option<&str>) -> Semconv {
+        let mut mode = Semconv::Stable;
+        for token in value.unwrap_or_default().split(',').map(str::trim) {
+            match token {
+                "rpc/dup" => return Semconv::Both,
+                "rpc/old" => mode = Semconv::Legacy,
+                _ => {}
+            }
+        }
+        mode
+    }
+
+    /// Whether stable names are emitted.
+    pub fn stable(self) -> bool {
+        matches!(self, Semconv::Stable | Semconv::Both)
+    }
+
+    /// Whether legacy names are emitted.
+    pub fn legacy(self) -> bool {
+        matches!(self, Semconv::Legacy | Semconv::Both)
+    }
+}
+
+/// Which side of the call a layer instruments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Server layer: incoming calls.
+    Server,
+    /// Client layer: outgoing calls.
+    Client,
+}
+
+/// The names a call's method is reported under.
+#[derive(Debug, Clone)]
+pub(crate) struct MethodNames {
+    /// `package.Service/Method`, or the raw path when it does not parse.
+    pub full: StringValue,
+    /// `package.Service` (empty when the path does not parse).
+    pub service: StringValue,
+    /// `Method` (empty when the path does not parse).
+    pub short: StringValue,
+    /// The span name for a known method (`full`, shared when cached).
+    pub span_name: std::borrow::Cow<'static, str>,
+    /// Whether the method is reported as `_OTHER`.
+    pub other: bool,
+}
+
+/// The facts attributes are built from.
+pub(crate) struct Facts<'a> {
+    pub mode: Semconv,
+    pub side: Side,
+    pub system: RpcSystem,
+    pub method: &'a MethodNames,
+    pub server_address: Option<&'a StringValue>,
+    pub server_port: Option<i64>,
+    /// Server: the client's socket address, when peer attributes are on.
+    pub peer: Option<SocketAddr>,
+}
+
+/// How the call ended, as far as attributes are concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ending {
+    /// The status code, `None` for a failure without one (transport error).
+    pub code: Option<Code>,
+    /// The status message.
+    pub message: Option<String>,
+    /// A Connect GET answered `304 Not Modified`.
+    pub not_modified: bool,
+}
+
+impl Ending {
+    /// Whether this ending is an error for `side` (span status Error).
+    pub fn is_error(&self, side: Side) -> bool {
+        match (self.code, side) {
+            (None, _) => true,
+            (Some(Code::Ok), _) => false,
+            (Some(_), Side::Client) => true,
+            (Some(code), Side::Server) => code.is_server_error(),
+        }
+    }
+}
+
+fn peer_ip(peer: &SocketAddr) -> Value {
+    Value::String(peer.ip().to_string().into())
+}
+
+impl Facts<'_> {
+    fn stable_method_value(&self) -> StringValue {
+        if self.method.other {
+            StringValue::from(OTHER)
+        } else {
+            self.method.full.clone()
+        }
+    }
+
+    /// Span name: `rpc.method`, or `rpc.system.name` for `_OTHER`.
+    pub fn span_name(&self) -> std::borrow::Cow<'static, str> {
+        if self.method.other {
+            std::borrow::Cow::Borrowed(self.system.name())
+        } else {
+            self.method.span_name.clone()
+        }
+    }
+
+    fn legacy_service(&self) -> StringValue {
+        if self.method.other {
+            StringValue::from(OTHER)
+        } else {
+            self.method.service.clone()
+        }
+    }
+
+    fn legacy_method(&self) -> StringValue {
+        if self.method.other {
+            StringValue::from(OTHER)
+        } else {
+            self.method.short.clone()
+        }
+    }
+
+    /// Legacy `net.peer.*`: the server's address on the client, the client's
+    /// socket on the server.
+    fn legacy_peer(&self, out: &mut Vec<KeyValue>) {
+        match self.side {
+            Side::Client => {
+                if let Some(addr) = self.server_address {
+                    out.push(KeyValue::new(NET_PEER_NAME, addr.clone()));
+                    if let Some(port) = self.server_port {
+                        out.push(KeyValue::new(NET_PEER_PORT, port));
+                    }
+                }
+            }
+            Side::Server => {
+                if let Some(peer) = &self.peer {
+                    out.push(KeyValue::new(NET_PEER_NAME, peer_ip(peer)));
+                    out.push(KeyValue::new(NET_PEER_PORT, i64::from(peer.port())));
+                }
+            }
+        }
+    }
+
+    /// Attributes given to the span at creation (samplers see them).
+    pub fn start_attributes(&self, out: &mut Vec<KeyValue>) {
+        if self.mode.stable() {
+            out.push(KeyValue::new(RPC_SYSTEM_NAME, self.system.name()));
+            out.push(KeyValue::new(RPC_METHOD, self.stable_method_value()));
+            if self.method.other {
+                out.push(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
+            }
+            if let Some(addr) = self.server_address {
+                out.push(KeyValue::new(SERVER_ADDRESS, addr.clone()));
+                if let Some(port) = self.server_port {
+                    out.push(KeyValue::new(SERVER_PORT, port));
+                }
+            }
+            if let (Side::Server, Some(peer)) = (self.side, &self.peer) {
+                out.push(KeyValue::new(NETWORK_PEER_ADDRESS, peer_ip(peer)));
+                out.push(KeyValue::new(NETWORK_PEER_PORT, i64::from(peer.port())));
+            }
+        }
+        if self.mode.legacy() {
+            out.push(KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
+            out.push(KeyValue::new(RPC_SERVICE, self.legacy_service()));
+            if !self.mode.stable() {
+                out.push(KeyValue::new(RPC_METHOD, self.legacy_method()));
+            }
+            self.legacy_peer(out);
+        }
+    }
+
+    /// Attributes added when the call ends.
+    pub fn end_attributes(&self, ending: &Ending, renamed_to_other: bool, out: &mut Vec<KeyValue>) {
+        if self.mode.stable() {
+            if renamed_to_other {
+                out.push(KeyValue::new(RPC_METHOD, OTHER));
+                out.push(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
+            }
+            self.stable_status(ending, out);
+        } else if self.mode.legacy() && renamed_to_other {
+            out.push(KeyValue::new(RPC_SERVICE, OTHER));
+            out.push(KeyValue::new(RPC_METHOD, OTHER));
+        }
+        if self.mode.legacy() {
+            self.legacy_status(ending, out);
+            if ending.not_modified {
+                out.push(KeyValue::new(HTTP_STATUS_CODE, 304i64));
+            }
+        }
+        if self.mode.legacy() && self.mode.stable() && renamed_to_other {
+            out.push(KeyValue::new(RPC_SERVICE, OTHER));
+        }
+    }
+
+    fn stable_status(&self, ending: &Ending, out: &mut Vec<KeyValue>) {
+        let code_value = match (self.system, ending.code) {
+            (_, None) => None,
+            (RpcSystem::Grpc, Some(code)) => Some(code.grpc_name()),
+            (RpcSystem::ConnectRpc, Some(Code::Ok)) => None,
+            (RpcSystem::ConnectRpc, Some(code)) => Some(code.connect_name()),
+        };
+        if let Some(value) = code_value {
+            out.push(KeyValue::new(RPC_STATUS_CODE, value));
+        }
+        if ending.is_error(self.side) {
+            out.push(KeyValue::new(ERROR_TYPE, code_value.unwrap_or(OTHER)));
+        }
+    }
+
+    fn legacy_status(&self, ending: &Ending, out: &mut Vec<KeyValue>) {
+        match (self.system, ending.code) {
+            (RpcSystem::Grpc, Some(code)) => out.push(KeyValue::new(
+                RPC_GRPC_STATUS_CODE,
+                i64::from(code.as_i32()),
+            )),
+            (RpcSystem::ConnectRpc, Some(code)) if code != Code::Ok => out.push(KeyValue::new(
+                RPC_CONNECT_RPC_ERROR_CODE,
+                code.connect_name(),
+            )),
+            _ => {}
+        }
+    }
+
+    /// Attributes of the stable duration metric (final method, no peer).
+    pub fn stable_metric_attributes(&self, ending: &Ending, other: bool, out: &mut Vec<KeyValue>) {
+        out.push(KeyValue::new(RPC_SYSTEM_NAME, self.system.name()));
+        out.push(KeyValue::new(
+            RPC_METHOD,
+            if other {
+                StringValue::from(OTHER)
+            } else {
+                self.method.full.clone()
+            },
+        ));
+        self.stable_status(ending, out);
+        if self.side == Side::Client {
+            if let Some(addr) = self.server_address {
+                out.push(KeyValue::new(SERVER_ADDRESS, addr.clone()));
+                if let Some(port) = self.server_port {
+                    out.push(KeyValue::new(SERVER_PORT, port));
+                }
+            }
+        }
+    }
+
+    /// Base attributes of the legacy metrics (the span's legacy attributes).
+    pub fn legacy_metric_base(&self, other: bool, out: &mut Vec<KeyValue>) {
+        out.push(KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
+        if other {
+            out.push(KeyValue::new(RPC_SERVICE, OTHER));
+            out.push(KeyValue::new(RPC_METHOD, OTHER));
+        } else {
+            out.push(KeyValue::new(RPC_SERVICE, self.method.service.clone()));
+            out.push(KeyValue::new(RPC_METHOD, self.method.short.clone()));
+        }
+        self.legacy_peer(out);
+    }
+
+    /// Legacy metric attributes with the status attribute.
+    pub fn legacy_metric_attributes(&self, ending: &Ending, other: bool, out: &mut Vec<KeyValue>) {
+        self.legacy_metric_base(other, out);
+        self.legacy_status(ending, out);
+    }
+
+    /// The span status for `ending` on this side.
+    pub fn span_status(&self, ending: &Ending) -> Status {
+        if !ending.is_error(self.side) {
+            return Status::Unset;
+        }
+        Status::error(ending.message.clone().unwrap_or_default())
+    }
+}
+
+/// The histograms of one side.
+#[derive(Debug, Clone)]
+pub(crate) struct SideInstruments {
+    pub call_duration: Option<Histogram<f64>>,
+    pub legacy: Option<LegacyInstruments>,
+}
+
+/// The five legacy histograms of one side.
+#[derive(Debug, Clone)]
+pub(crate) struct LegacyInstruments {
+    pub duration: Histogram<u64>,
+    pub request_size: Histogram<u64>,
+    pub response_size: Histogram<u64>,
+    pub requests_per_rpc: Histogram<u64>,
+    pub responses_per_rpc: Histogram<u64>,
+}
+
+impl SideInstruments {
+    pub fn new(meter: &Meter, mode: Semconv, side: Side) -> Self {
+        let (prefix, duration_name, description) = match side {
+            Side::Server => (
+                "rpc.server",
+                RPC_SERVER_CALL_DURATION,
+                SERVER_CALL_DURATION_DESCRIPTION,
+            ),
+            Side::Client => (
+                "rpc.client",
+                RPC_CLIENT_CALL_DURATION,
+                CLIENT_CALL_DURATION_DESCRIPTION,
+            ),
+        };
+        let call_duration = mode.stable().then(|| {
+            meter
+                .f64_histogram(duration_name)
+                .with_unit("s")
+                .with_description(description)
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build()
+        });
+        let legacy = mode.legacy().then(|| {
+            let h = |name: &str, unit: &'static str, description: &'static str| {
+                meter
+                    .u64_histogram(format!("{prefix}.{name}"))
+                    .with_unit(unit)
+                    .with_description(description)
+                    .build()
+            };
+            LegacyInstruments {
+                duration: h("duration", "ms", LEGACY_DURATION_DESCRIPTION),
+                request_size: h("request.size", "By", LEGACY_REQUEST_SIZE_DESCRIPTION),
+                response_size: h("response.size", "By", LEGACY_RESPONSE_SIZE_DESCRIPTION),
+                requests_per_rpc: h("requests_per_rpc", "1", LEGACY_PER_RPC_DESCRIPTION),
+                responses_per_rpc: h("responses_per_rpc", "1", LEGACY_PER_RPC_DESCRIPTION),
+            }
+        });
+        SideInstruments {
+            call_duration,
+            legacy,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opt_in_parsing() {
+        assert_eq!(Semconv::from_opt_in(None), Semconv::Stable);
+        assert_eq!(Semconv::from_opt_in(Some("rpc")), Semconv::Stable);
+        assert_eq!(Semconv::from_opt_in(Some("http,rpc/old")), Semconv::Legacy);
+        assert_eq!(
+            Semconv::from_opt_in(Some("rpc/old, rpc/dup")),
+            Semconv::Both
+        );
+        assert_eq!(Semconv::from_opt_in(Some("rpc/dup,rpc")), Semconv::Both);
+        assert_eq!(Semconv::from_opt_in(Some("database")), Semconv::Stable);
+    }
+
+    #[test]
+    fn server_error_table() {
+        let errors: Vec<Code> = Code::ALL
+            .into_iter()
+            .filter(|c| c.is_server_error())
+            .collect();
+        assert_eq!(
+            errors,
+            [
+                Code::Unknown,
+                Code::DeadlineExceeded,
+                Code::Unimplemented,
+                Code::Internal,
+                Code::Unavailable,
+                Code::DataLoss
+            ]
+        );
+    }
+}
