@@ -143,7 +143,13 @@ where
                 let mut call = this.call.take();
                 if let Some(c) = call.as_mut() {
                     c.on_response(&mut head);
-                    if body.is_end_stream() {
+                    // 204 and 304 carry no body on the wire, whatever the
+                    // service returned: the call is over.
+                    let bodiless = matches!(
+                        head.status,
+                        http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
+                    );
+                    if bodiless || body.is_end_stream() {
                         c.on_end();
                     }
                 }

@@ -16,7 +16,10 @@ const GREETER: &str = "/helloworld.Greeter/SayHello";
 fn grpc_ok_response() -> Response<Scripted> {
     Response::builder()
         .header("content-type", "application/grpc")
-        .body(Scripted::data_then_trailers(&[&envelope(0, b"world")], trailers(&[("grpc-status", "0")])))
+        .body(Scripted::data_then_trailers(
+            &[&envelope(0, b"world")],
+            trailers(&[("grpc-status", "0")]),
+        ))
         .unwrap()
 }
 
@@ -25,7 +28,9 @@ async fn grpc_unary_success_spans_metrics_and_parentage() {
     let t = Telemetry::new();
     let otel = t.instrumentation();
     let addr = serve(otel.server_layer(), Arc::new(|_| grpc_ok_response())).await;
-    let mut client = ServiceBuilder::new().layer(otel.client_layer()).service(h2_client());
+    let mut client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
     let response = client
         .ready()
         .await
@@ -42,12 +47,18 @@ async fn grpc_unary_success_spans_metrics_and_parentage() {
     let client_span = t.span(SpanKind::Client);
     assert_eq!(server.name, "helloworld.Greeter/SayHello");
     assert_eq!(client_span.name, "helloworld.Greeter/SayHello");
-    assert_eq!(server.span_context.trace_id(), client_span.span_context.trace_id());
+    assert_eq!(
+        server.span_context.trace_id(),
+        client_span.span_context.trace_id()
+    );
     assert_eq!(server.parent_span_id, client_span.span_context.span_id());
     assert!(server.parent_span_is_remote);
     assert!(!is_error(&server) && !is_error(&client_span));
     assert_eq!(server.instrumentation_scope.name(), "otel-tower");
-    assert_eq!(server.instrumentation_scope.schema_url(), Some("https://opentelemetry.io/schemas/1.45.0"));
+    assert_eq!(
+        server.instrumentation_scope.schema_url(),
+        Some("https://opentelemetry.io/schemas/1.45.0")
+    );
 
     let port = addr.port().to_string();
     let mut server_attrs = attrs(&server);
@@ -79,14 +90,28 @@ async fn grpc_unary_success_spans_metrics_and_parentage() {
     assert_eq!(server_metric.len(), 1);
     let m = &server_metric[0];
     assert_eq!((m.unit.as_str(), m.count), ("s", 1));
-    assert_eq!(m.description, "Measures the duration of an incoming Remote Procedure Call (RPC).");
+    assert_eq!(
+        m.description,
+        "Measures the duration of an incoming Remote Procedure Call (RPC)."
+    );
     assert_eq!(m.bounds, DURATION_BUCKETS.to_vec());
     assert_eq!(
         m.attributes,
-        map(&[("rpc.system.name", "grpc"), ("rpc.method", "helloworld.Greeter/SayHello"), ("rpc.status_code", "OK")])
+        map(&[
+            ("rpc.system.name", "grpc"),
+            ("rpc.method", "helloworld.Greeter/SayHello"),
+            ("rpc.status_code", "OK")
+        ])
     );
-    let expected_duration = server.end_time.duration_since(server.start_time).unwrap().as_secs_f64();
-    assert!((m.sum - expected_duration).abs() < 1e-9, "metric equals span duration");
+    let expected_duration = server
+        .end_time
+        .duration_since(server.start_time)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (m.sum - expected_duration).abs() < 1e-9,
+        "metric equals span duration"
+    );
     let client_metric = t.histogram("rpc.client.call.duration");
     assert_eq!(client_metric.len(), 1);
     assert_eq!(
@@ -119,11 +144,14 @@ async fn every_grpc_code_in_trailers_on_both_sides() {
         }),
     )
     .await;
-    let client = ServiceBuilder::new().layer(otel.client_layer()).service(h2_client());
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
     for code in Code::ALL {
         t.spans.reset();
         let mut req = grpc_request(addr, "/pkg.Svc/Method", "application/grpc");
-        req.headers_mut().insert("x-code", code.as_i32().to_string().parse().unwrap());
+        req.headers_mut()
+            .insert("x-code", code.as_i32().to_string().parse().unwrap());
         let response = client.clone().oneshot(req).await.unwrap();
         read_all(response).await;
         t.wait_spans(2).await;
@@ -134,7 +162,11 @@ async fn every_grpc_code_in_trailers_on_both_sides() {
             assert_eq!(attrs(span)["rpc.status_code"], name, "{name}");
         }
         let unimplemented = code == Code::Unimplemented;
-        let expected_method = if unimplemented { "_OTHER" } else { "pkg.Svc/Method" };
+        let expected_method = if unimplemented {
+            "_OTHER"
+        } else {
+            "pkg.Svc/Method"
+        };
         assert_eq!(attrs(&server)["rpc.method"], expected_method, "{name}");
         if unimplemented {
             assert_eq!(server.name, "grpc");
@@ -144,8 +176,14 @@ async fn every_grpc_code_in_trailers_on_both_sides() {
         let server_error = code.is_server_error();
         assert_eq!(is_error(&client_span), client_error, "client {name}");
         assert_eq!(is_error(&server), server_error, "server {name}");
-        assert_eq!(attrs(&client_span).get("error.type").map(String::as_str), client_error.then_some(name));
-        assert_eq!(attrs(&server).get("error.type").map(String::as_str), server_error.then_some(name));
+        assert_eq!(
+            attrs(&client_span).get("error.type").map(String::as_str),
+            client_error.then_some(name)
+        );
+        assert_eq!(
+            attrs(&server).get("error.type").map(String::as_str),
+            server_error.then_some(name)
+        );
         if client_error {
             assert_eq!(
                 client_span.status,
@@ -158,7 +196,10 @@ async fn every_grpc_code_in_trailers_on_both_sides() {
     let server_points = t.histogram("rpc.server.call.duration");
     assert_eq!(server_points.len(), 17);
     assert_eq!(server_points.iter().map(|p| p.count).sum::<u64>(), 17);
-    let other = server_points.iter().find(|p| p.attributes["rpc.method"] == "_OTHER").unwrap();
+    let other = server_points
+        .iter()
+        .find(|p| p.attributes["rpc.method"] == "_OTHER")
+        .unwrap();
     assert_eq!(other.attributes["rpc.status_code"], "UNIMPLEMENTED");
     assert_eq!(other.attributes["error.type"], "UNIMPLEMENTED");
     assert!(!other.attributes.contains_key("rpc.method_original"));
@@ -180,16 +221,25 @@ async fn trailers_only_and_headers_plus_trailers() {
             _ => Response::builder()
                 .header("content-type", "application/grpc")
                 .header("grpc-status", "13")
-                .body(Scripted::data_then_trailers(&[], trailers(&[("grpc-status", "7")])))
+                .body(Scripted::data_then_trailers(
+                    &[],
+                    trailers(&[("grpc-status", "7")]),
+                ))
                 .unwrap(),
         }),
     )
     .await;
-    let client = ServiceBuilder::new().layer(otel.client_layer()).service(h2_client());
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
 
     let response = client
         .clone()
-        .oneshot(grpc_request(addr, "/pkg.Svc/TrailersOnly", "application/grpc"))
+        .oneshot(grpc_request(
+            addr,
+            "/pkg.Svc/TrailersOnly",
+            "application/grpc",
+        ))
         .await
         .unwrap();
     let (head, body, _) = read_all(response).await;
@@ -202,7 +252,10 @@ async fn trailers_only_and_headers_plus_trailers() {
     assert!(!is_error(&server), "NOT_FOUND is the caller's problem");
     assert!(!attrs(&server).contains_key("error.type"));
     assert_eq!(attrs(&client_span)["error.type"], "NOT_FOUND");
-    assert_eq!(client_span.status, opentelemetry::trace::Status::error("no such thing"));
+    assert_eq!(
+        client_span.status,
+        opentelemetry::trace::Status::error("no such thing")
+    );
 
     t.spans.reset();
     let response = client
@@ -213,7 +266,11 @@ async fn trailers_only_and_headers_plus_trailers() {
     read_all(response).await;
     t.wait_spans(2).await;
     for kind in [SpanKind::Server, SpanKind::Client] {
-        assert_eq!(attrs(&t.span(kind))["rpc.status_code"], "PERMISSION_DENIED", "trailers win");
+        assert_eq!(
+            attrs(&t.span(kind))["rpc.status_code"],
+            "PERMISSION_DENIED",
+            "trailers win"
+        );
     }
 }
 
@@ -224,16 +281,24 @@ async fn garbage_grpc_status_is_unknown_and_missing_status_is_unknown() {
     let addr = serve(
         otel.server_layer(),
         Arc::new(|req| {
-            let status = req.headers().get("x-status").map(|v| v.to_str().unwrap().to_string());
+            let status = req
+                .headers()
+                .get("x-status")
+                .map(|v| v.to_str().unwrap().to_string());
             let body = match status {
                 Some(s) => Scripted::data_then_trailers(&[], trailers(&[("grpc-status", &s)])),
                 None => Scripted::data(&[&envelope(0, b"x")]),
             };
-            Response::builder().header("content-type", "application/grpc").body(body).unwrap()
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body)
+                .unwrap()
         }),
     )
     .await;
-    let client = ServiceBuilder::new().layer(otel.client_layer()).service(h2_client());
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
     for status in [Some("99"), Some("-1"), Some("abc"), None] {
         t.spans.reset();
         let mut req = grpc_request(addr, "/pkg.Svc/M", "application/grpc");
@@ -243,7 +308,11 @@ async fn garbage_grpc_status_is_unknown_and_missing_status_is_unknown() {
         read_all(client.clone().oneshot(req).await.unwrap()).await;
         t.wait_spans(2).await;
         for kind in [SpanKind::Server, SpanKind::Client] {
-            assert_eq!(attrs(&t.span(kind))["rpc.status_code"], "UNKNOWN", "{status:?}");
+            assert_eq!(
+                attrs(&t.span(kind))["rpc.status_code"],
+                "UNKNOWN",
+                "{status:?}"
+            );
         }
     }
 }
@@ -251,7 +320,10 @@ async fn garbage_grpc_status_is_unknown_and_missing_status_is_unknown() {
 fn grpc_web_body(status: &str, text: bool, split: bool) -> Scripted {
     let mut bytes = envelope(0, b"first");
     bytes.extend(envelope(0, b"second"));
-    bytes.extend(envelope(0x80, format!("grpc-status: {status}\r\ngrpc-message: bad%20thing\r\n").as_bytes()));
+    bytes.extend(envelope(
+        0x80,
+        format!("grpc-status: {status}\r\ngrpc-message: bad%20thing\r\n").as_bytes(),
+    ));
     let bytes = if text {
         use std::fmt::Write;
         // Encode each envelope group separately, as servers flush them, so
@@ -266,7 +338,8 @@ fn grpc_web_body(status: &str, text: bool, split: bool) -> Scripted {
                     | u32::from(*chunk.get(2).unwrap_or(&0));
                 for i in 0..4 {
                     if i <= n {
-                        s.write_char(table[((v >> (18 - 6 * i)) & 63) as usize] as char).unwrap();
+                        s.write_char(table[((v >> (18 - 6 * i)) & 63) as usize] as char)
+                            .unwrap();
                     } else {
                         s.push('=');
                     }
@@ -295,7 +368,10 @@ async fn grpc_web_trailer_frame_binary_and_text() {
     let addr = serve(
         otel.server_layer(),
         Arc::new(|req| {
-            let text = req.headers()["content-type"].to_str().unwrap().contains("text");
+            let text = req.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .contains("text");
             let split = req.headers().contains_key("x-split");
             Response::builder()
                 .header("content-type", req.headers()["content-type"].clone())
@@ -304,7 +380,9 @@ async fn grpc_web_trailer_frame_binary_and_text() {
         }),
     )
     .await;
-    let client = ServiceBuilder::new().layer(otel.client_layer()).service(h1_client());
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h1_client());
     for (content_type, split) in [
         ("application/grpc-web+proto", false),
         ("application/grpc-web+proto", true),
@@ -324,12 +402,23 @@ async fn grpc_web_trailer_frame_binary_and_text() {
         for kind in [SpanKind::Server, SpanKind::Client] {
             let span = t.span(kind.clone());
             assert_eq!(attrs(&span)["rpc.system.name"], "grpc", "{content_type}");
-            assert_eq!(attrs(&span)["rpc.status_code"], "INVALID_ARGUMENT", "{content_type} split={split}");
+            assert_eq!(
+                attrs(&span)["rpc.status_code"],
+                "INVALID_ARGUMENT",
+                "{content_type} split={split}"
+            );
             // Two messages, each an rpc.message event; the trailer frame is not a message.
-            let events: Vec<_> = span.events.iter().filter(|e| e.name == "rpc.message").collect();
+            let events: Vec<_> = span
+                .events
+                .iter()
+                .filter(|e| e.name == "rpc.message")
+                .collect();
             assert_eq!(events.len(), 2, "{content_type} split={split} {kind:?}");
         }
-        assert_eq!(t.span(SpanKind::Client).status, opentelemetry::trace::Status::error("bad thing"));
+        assert_eq!(
+            t.span(SpanKind::Client).status,
+            opentelemetry::trace::Status::error("bad thing")
+        );
     }
 }
 
@@ -339,7 +428,9 @@ fn grpc_web_body_bytes(status: &str, text: bool) -> Vec<u8> {
     let waker = std::task::Waker::noop();
     let mut cx = std::task::Context::from_waker(waker);
     let mut out = Vec::new();
-    while let std::task::Poll::Ready(Some(Ok(frame))) = std::pin::Pin::new(&mut body).poll_frame(&mut cx) {
+    while let std::task::Poll::Ready(Some(Ok(frame))) =
+        std::pin::Pin::new(&mut body).poll_frame(&mut cx)
+    {
         if let Ok(data) = frame.into_data() {
             out.extend_from_slice(&data);
         }
@@ -353,10 +444,17 @@ async fn non_rpc_requests_pass_through_untouched() {
     let otel = t.instrumentation();
     let addr = serve(
         otel.server_layer(),
-        Arc::new(|_| Response::builder().header("content-type", "text/plain").body(Scripted::data(&[b"hello"])).unwrap()),
+        Arc::new(|_| {
+            Response::builder()
+                .header("content-type", "text/plain")
+                .body(Scripted::data(&[b"hello"]))
+                .unwrap()
+        }),
     )
     .await;
-    let client = ServiceBuilder::new().layer(otel.client_layer()).service(h1_client());
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h1_client());
     let req = http::Request::post(format!("http://{addr}/pkg.Svc/M"))
         .header("content-type", "text/plain")
         .body(http_body_util::Full::new(bytes::Bytes::from_static(b"hi")))

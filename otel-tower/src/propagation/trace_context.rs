@@ -163,10 +163,10 @@ impl TextMapPropagator for TraceContext {
         let state = sc.trace_state().header();
         if !state.is_empty() {
             injector.set(TRACESTATE, state);
-        } else if let Some(verbatim) = cx.get::<VerbatimTraceState>() {
-            if verbatim.trace_id == sc.trace_id() {
-                injector.set(TRACESTATE, verbatim.header.clone());
-            }
+        } else if let Some(verbatim) = cx.get::<VerbatimTraceState>()
+            && verbatim.trace_id == sc.trace_id()
+        {
+            injector.set(TRACESTATE, verbatim.header.clone());
         }
     }
 

@@ -40,7 +40,9 @@ pub struct Telemetry {
 impl Telemetry {
     pub fn new() -> Self {
         let spans = InMemorySpanExporter::default();
-        let tracer_provider = SdkTracerProvider::builder().with_simple_exporter(spans.clone()).build();
+        let tracer_provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
         let metrics = InMemoryMetricExporter::default();
         let meter_provider = SdkMeterProvider::builder()
             .with_reader(PeriodicReader::builder(metrics.clone()).build())
@@ -81,12 +83,17 @@ impl Telemetry {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let spans = self.finished_spans();
-        panic!("expected {n} spans, got {}: {:?}", spans.len(), spans.iter().map(|s| &s.name).collect::<Vec<_>>());
+        panic!(
+            "expected {n} spans, got {}: {:?}",
+            spans.len(),
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
     }
 
     pub fn span(&self, kind: SpanKind) -> SpanData {
         let spans = self.finished_spans();
-        let mut matching: Vec<SpanData> = spans.into_iter().filter(|s| s.span_kind == kind).collect();
+        let mut matching: Vec<SpanData> =
+            spans.into_iter().filter(|s| s.span_kind == kind).collect();
         assert_eq!(matching.len(), 1, "exactly one {kind:?} span");
         matching.pop().unwrap()
     }
@@ -97,16 +104,25 @@ impl Telemetry {
         let mut out = Vec::new();
         let exported = self.metrics.get_finished_metrics().unwrap();
         // Cumulative temporality: the last export holds everything.
-        let Some(last) = exported.last() else { return out };
+        let Some(last) = exported.last() else {
+            return out;
+        };
         for scope in last.scope_metrics() {
             for metric in scope.metrics() {
-                let push = |out: &mut Vec<HistPoint>, attrs: Vec<&KeyValue>, count: u64, bounds: Vec<f64>, sum: f64| {
+                let push = |out: &mut Vec<HistPoint>,
+                            attrs: Vec<&KeyValue>,
+                            count: u64,
+                            bounds: Vec<f64>,
+                            sum: f64| {
                     out.push(HistPoint {
                         name: metric.name().to_string(),
                         unit: metric.unit().to_string(),
                         description: metric.description().to_string(),
                         scope: scope.scope().name().to_string(),
-                        attributes: attrs.into_iter().map(|kv| (kv.key.to_string(), kv.value.to_string())).collect(),
+                        attributes: attrs
+                            .into_iter()
+                            .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                            .collect(),
                         count,
                         bounds,
                         sum,
@@ -115,12 +131,24 @@ impl Telemetry {
                 match metric.data() {
                     AggregatedMetrics::F64(MetricData::Histogram(h)) => {
                         for p in h.data_points() {
-                            push(&mut out, p.attributes().collect(), p.count(), p.bounds().collect(), p.sum());
+                            push(
+                                &mut out,
+                                p.attributes().collect(),
+                                p.count(),
+                                p.bounds().collect(),
+                                p.sum(),
+                            );
                         }
                     }
                     AggregatedMetrics::U64(MetricData::Histogram(h)) => {
                         for p in h.data_points() {
-                            push(&mut out, p.attributes().collect(), p.count(), p.bounds().collect(), p.sum() as f64);
+                            push(
+                                &mut out,
+                                p.attributes().collect(),
+                                p.count(),
+                                p.bounds().collect(),
+                                p.sum() as f64,
+                            );
                         }
                     }
                     _ => {}
@@ -131,7 +159,10 @@ impl Telemetry {
     }
 
     pub fn histogram(&self, name: &str) -> Vec<HistPoint> {
-        self.histograms().into_iter().filter(|h| h.name == name).collect()
+        self.histograms()
+            .into_iter()
+            .filter(|h| h.name == name)
+            .collect()
     }
 }
 
@@ -148,15 +179,24 @@ pub struct HistPoint {
 }
 
 pub fn attrs(span: &SpanData) -> BTreeMap<String, String> {
-    span.attributes.iter().map(|kv| (kv.key.to_string(), kv.value.to_string())).collect()
+    span.attributes
+        .iter()
+        .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+        .collect()
 }
 
 pub fn attr(span: &SpanData, key: &str) -> Option<Value> {
-    span.attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.clone())
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.clone())
 }
 
 pub fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 pub fn is_error(span: &SpanData) -> bool {
@@ -168,11 +208,28 @@ pub struct Scripted {
     frames: VecDeque<Result<Frame<Bytes>, BoxError>>,
     /// After the frames, stay pending forever instead of ending.
     hang: bool,
+    /// After the frames, continue with what this channel delivers.
+    channel: Option<tokio::sync::mpsc::Receiver<Result<Frame<Bytes>, BoxError>>>,
 }
 
 impl Scripted {
     pub fn new(frames: Vec<Result<Frame<Bytes>, BoxError>>) -> Self {
-        Scripted { frames: frames.into(), hang: false }
+        Scripted {
+            frames: frames.into(),
+            hang: false,
+            channel: None,
+        }
+    }
+
+    /// A body fed by the returned sender (frames arrive over time).
+    pub fn channel() -> (
+        tokio::sync::mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
+        Self,
+    ) {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let mut s = Scripted::new(vec![]);
+        s.channel = Some(rx);
+        (tx, s)
     }
 
     /// Replays `chunks`, then never ends (for drop and timeout tests).
@@ -187,11 +244,19 @@ impl Scripted {
     }
 
     pub fn data(chunks: &[&[u8]]) -> Self {
-        Scripted::new(chunks.iter().map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect())
+        Scripted::new(
+            chunks
+                .iter()
+                .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+                .collect(),
+        )
     }
 
     pub fn data_then_trailers(chunks: &[&[u8]], trailers: HeaderMap) -> Self {
-        let mut frames: Vec<_> = chunks.iter().map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect();
+        let mut frames: Vec<_> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
         frames.push(Ok(Frame::trailers(trailers)));
         Scripted::new(frames)
     }
@@ -201,7 +266,15 @@ impl Body for Scripted {
     type Data = Bytes;
     type Error = BoxError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.frames.is_empty() {
+            if let Some(rx) = self.channel.as_mut() {
+                return rx.poll_recv(cx);
+            }
+        }
         match self.frames.pop_front() {
             None if self.hang => Poll::Pending,
             next => Poll::Ready(next),
@@ -209,7 +282,7 @@ impl Body for Scripted {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.frames.is_empty() && !self.hang
+        self.frames.is_empty() && !self.hang && self.channel.is_none()
     }
 }
 
@@ -223,7 +296,10 @@ pub fn envelope(flags: u8, payload: &[u8]) -> Vec<u8> {
 pub fn trailers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (k, v) in pairs {
-        map.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        map.append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
     }
     map
 }
@@ -234,8 +310,9 @@ pub type Handler = Arc<dyn Fn(&Request<Incoming>) -> Response<Scripted> + Send +
 /// background; returns the address.
 pub async fn serve<L>(layer: L, handler: Handler) -> SocketAddr
 where
-    L: tower::Layer<tower::util::BoxCloneSyncService<Request<Incoming>, Response<Scripted>, Infallible>>
-        + Send
+    L: tower::Layer<
+            tower::util::BoxCloneSyncService<Request<Incoming>, Response<Scripted>, Infallible>,
+        > + Send
         + 'static,
     L::Service: Service<Request<Incoming>, Error = Infallible> + Clone + Send + 'static,
     <L::Service as Service<Request<Incoming>>>::Future: Send + 'static,
@@ -243,18 +320,21 @@ where
 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let handler = tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<Incoming>| {
-        let response = handler(&req);
-        async move {
-            // Drain the request so the client's stream completes.
-            let _ = req.into_body().collect().await;
-            Ok::<_, Infallible>(response)
-        }
-    }));
+    let handler =
+        tower::util::BoxCloneSyncService::new(tower::service_fn(move |req: Request<Incoming>| {
+            let response = handler(&req);
+            async move {
+                // Drain the request so the client's stream completes.
+                let _ = req.into_body().collect().await;
+                Ok::<_, Infallible>(response)
+            }
+        }));
     let svc = layer.layer(handler);
     tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else { return };
+            let Ok((stream, peer)) = listener.accept().await else {
+                return;
+            };
             let svc = svc.clone();
             tokio::spawn(async move {
                 let svc = tower::ServiceBuilder::new()
@@ -265,7 +345,10 @@ where
                     })
                     .service(svc);
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), hyper_util::service::TowerToHyperService::new(svc))
+                    .serve_connection(
+                        TokioIo::new(stream),
+                        hyper_util::service::TowerToHyperService::new(svc),
+                    )
                     .await;
             });
         }
@@ -289,7 +372,9 @@ where
 }
 
 pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
-    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
 }
 
 pub fn h1_client() -> Client<HttpConnector, Full<Bytes>> {
@@ -306,14 +391,19 @@ pub fn grpc_request(addr: SocketAddr, path: &str, content_type: &str) -> Request
 }
 
 /// Reads a whole response: body bytes and trailers.
-pub async fn read_all<B>(response: Response<B>) -> (http::response::Parts, Vec<u8>, Option<HeaderMap>)
+pub async fn read_all<B>(
+    response: Response<B>,
+) -> (http::response::Parts, Vec<u8>, Option<HeaderMap>)
 where
     B: Body + Unpin,
     B::Data: bytes::Buf,
     B::Error: std::fmt::Debug,
 {
     let (parts, body) = response.into_parts();
-    let collected = tokio::time::timeout(Duration::from_secs(10), body.collect()).await.unwrap().unwrap();
+    let collected = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .unwrap()
+        .unwrap();
     let trailers = collected.trailers().cloned();
     (parts, collected.to_bytes().to_vec(), trailers)
 }

@@ -1,0 +1,268 @@
+//! Engine tests for Connect unary (POST and GET) and Connect streaming.
+
+mod support;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use opentelemetry::trace::{SpanKind, Status};
+use support::*;
+use tower::{ServiceBuilder, ServiceExt};
+
+fn connect_unary(addr: std::net::SocketAddr, path: &str) -> Request<Full<Bytes>> {
+    Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/proto")
+        .header("connect-protocol-version", "1")
+        .body(Full::new(Bytes::from_static(b"\x0a\x02hi")))
+        .unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(data).unwrap();
+    enc.finish().unwrap()
+}
+
+/// A unary error response: status, body, optional content-encoding.
+fn unary_error(status: u16, body: Vec<u8>, encoding: Option<&str>) -> Response<Scripted> {
+    let mut b = Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    if let Some(e) = encoding {
+        b = b.header("content-encoding", e);
+    }
+    let chunks: Vec<&[u8]> = body.chunks(7).collect();
+    b.body(Scripted::data(&chunks)).unwrap()
+}
+
+#[tokio::test]
+async fn connect_unary_success_and_error_bodies() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    let addr = serve(
+        otel.server_layer(),
+        Arc::new(|req| {
+            let json = br#"{"code":"not_found","message":"no user 7","details":[]}"#.to_vec();
+            match req.uri().path() {
+                "/pkg.Svc/Ok" => Response::builder()
+                    .header("content-type", "application/proto")
+                    .body(Scripted::data(&[b"\x0a\x03abc"]))
+                    .unwrap(),
+                "/pkg.Svc/Plain" => unary_error(404, json, None),
+                "/pkg.Svc/Gzip" => unary_error(404, gzip(&json), Some("gzip")),
+                "/pkg.Svc/Truncated" => unary_error(409, br#"{"code":"already_exi"#.to_vec(), None),
+                "/pkg.Svc/NotJson" => {
+                    unary_error(503, b"<html>Service Unavailable</html>".to_vec(), None)
+                }
+                "/pkg.Svc/Oversized" => {
+                    let mut big = br#"{"code":"not_found","message":""#.to_vec();
+                    big.extend(std::iter::repeat_n(b'x', 70 * 1024));
+                    big.extend(br#""}"#);
+                    unary_error(400, big, None)
+                }
+                _ => unary_error(500, br#"{"code":"data_loss"}"#.to_vec(), None),
+            }
+        }),
+    )
+    .await;
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h1_client());
+    // (path, expected code on both sides, description, server error?)
+    let cases = [
+        ("/pkg.Svc/Ok", None, None, false),
+        (
+            "/pkg.Svc/Plain",
+            Some("not_found"),
+            Some("no user 7"),
+            false,
+        ),
+        ("/pkg.Svc/Gzip", Some("not_found"), Some("no user 7"), false),
+        ("/pkg.Svc/Truncated", Some("unknown"), None, true),
+        ("/pkg.Svc/NotJson", Some("unavailable"), None, true),
+        ("/pkg.Svc/Oversized", Some("internal"), None, true),
+        ("/pkg.Svc/DataLoss", Some("data_loss"), None, true),
+    ];
+    for (path, code, message, server_error) in cases {
+        t.spans.reset();
+        let response = client
+            .clone()
+            .oneshot(connect_unary(addr, path))
+            .await
+            .unwrap();
+        read_all(response).await;
+        t.wait_spans(2).await;
+        let server = t.span(SpanKind::Server);
+        let client_span = t.span(SpanKind::Client);
+        for span in [&server, &client_span] {
+            let a = attrs(span);
+            assert_eq!(a["rpc.system.name"], "connectrpc", "{path}");
+            assert_eq!(a.get("rpc.status_code").map(String::as_str), code, "{path}");
+        }
+        assert_eq!(
+            attrs(&client_span).get("error.type").map(String::as_str),
+            code,
+            "{path}"
+        );
+        assert_eq!(is_error(&client_span), code.is_some(), "{path}");
+        assert_eq!(is_error(&server), server_error, "{path}");
+        if let Some(m) = message {
+            assert_eq!(client_span.status, Status::error(m), "{path}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn connect_get_and_not_modified() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    let addr = serve(
+        otel.server_layer(),
+        Arc::new(|req| {
+            let status = if req.headers().contains_key("if-none-match") {
+                304
+            } else {
+                200
+            };
+            Response::builder()
+                .status(status)
+                .body(Scripted::data(&[b"\x0a\x01x"]))
+                .unwrap()
+        }),
+    )
+    .await;
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h1_client());
+    for conditional in [false, true] {
+        t.spans.reset();
+        let mut req = Request::get(format!(
+            "http://{addr}/pkg.Svc/Get?encoding=proto&message=CgJoaQ&base64=1&connect=v1"
+        ));
+        if conditional {
+            req = req.header("if-none-match", "\"abc\"");
+        }
+        let response = client
+            .clone()
+            .oneshot(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        read_all(response).await;
+        t.wait_spans(2).await;
+        for kind in [SpanKind::Server, SpanKind::Client] {
+            let span = t.span(kind);
+            assert_eq!(attrs(&span)["rpc.method"], "pkg.Svc/Get");
+            assert!(
+                !attrs(&span).contains_key("rpc.status_code"),
+                "success has no Connect code: {conditional} {:?}",
+                attrs(&span)
+            );
+            assert!(!is_error(&span), "304 is not an error");
+        }
+    }
+}
+
+fn connect_stream_response(
+    messages: usize,
+    end: Option<&[u8]>,
+    compressed_end: bool,
+) -> Response<Scripted> {
+    let mut bytes = Vec::new();
+    for i in 0..messages {
+        bytes.extend(envelope(0, format!("message {i}").as_bytes()));
+    }
+    let mut builder = Response::builder().header("content-type", "application/connect+proto");
+    if let Some(end) = end {
+        if compressed_end {
+            bytes.extend(envelope(0x03, &gzip(end)));
+            builder = builder.header("connect-content-encoding", "gzip");
+        } else {
+            bytes.extend(envelope(0x02, end));
+        }
+    }
+    // Split so headers and payloads straddle frames.
+    let chunks: Vec<&[u8]> = bytes.chunks(4).collect();
+    builder.body(Scripted::data(&chunks)).unwrap()
+}
+
+#[tokio::test]
+async fn connect_streaming_end_stream_success_error_missing() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation().with_trace_events();
+    let addr = serve(
+        otel.server_layer(),
+        Arc::new(|req| match req.uri().path() {
+            "/pkg.Svc/Ok" => connect_stream_response(3, Some(b"{}"), false),
+            "/pkg.Svc/OkMeta" => {
+                connect_stream_response(0, Some(br#"{"metadata":{"x":["y"]}}"#), false)
+            }
+            "/pkg.Svc/Err" => connect_stream_response(
+                1,
+                Some(br#"{"error":{"code":"resource_exhausted","message":"slow down"}}"#),
+                false,
+            ),
+            "/pkg.Svc/GzErr" => connect_stream_response(
+                2,
+                Some(br#"{"error":{"code":"internal","message":"boom"}}"#),
+                true,
+            ),
+            _ => connect_stream_response(2, None, false),
+        }),
+    )
+    .await;
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
+    let cases = [
+        ("/pkg.Svc/Ok", 3, None),
+        ("/pkg.Svc/OkMeta", 0, None),
+        ("/pkg.Svc/Err", 1, Some("resource_exhausted")),
+        ("/pkg.Svc/GzErr", 2, Some("internal")),
+        ("/pkg.Svc/Missing", 2, Some("internal")),
+    ];
+    for (path, messages, code) in cases {
+        t.spans.reset();
+        let req = Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/connect+proto")
+            .body(Full::new(Bytes::from(envelope(0, b"req"))))
+            .unwrap();
+        let response = client.clone().oneshot(req).await.unwrap();
+        read_all(response).await;
+        t.wait_spans(2).await;
+        for kind in [SpanKind::Server, SpanKind::Client] {
+            let span = t.span(kind.clone());
+            assert_eq!(
+                attrs(&span).get("rpc.status_code").map(String::as_str),
+                code,
+                "{path} {kind:?}"
+            );
+            let events: Vec<_> = span.events.iter().collect();
+            assert_eq!(
+                events.len(),
+                messages,
+                "{path} {kind:?}: one event per message"
+            );
+            for (i, e) in events.iter().enumerate() {
+                let a: std::collections::BTreeMap<String, String> = e
+                    .attributes
+                    .iter()
+                    .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+                    .collect();
+                let expected_type = if kind == SpanKind::Server {
+                    "SENT"
+                } else {
+                    "RECEIVED"
+                };
+                assert_eq!(a["rpc.message.type"], expected_type);
+                assert_eq!(a["rpc.message.id"], (i + 1).to_string());
+                assert_eq!(
+                    a["rpc.message.uncompressed_size"],
+                    format!("message {i}").len().to_string()
+                );
+            }
+        }
+    }
+}

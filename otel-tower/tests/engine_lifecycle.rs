@@ -1,0 +1,233 @@
+//! When an RPC ends: body errors, drops of the future and the body, deadlines.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::BodyExt;
+use opentelemetry::trace::SpanKind;
+use support::*;
+use tower::{ServiceBuilder, ServiceExt};
+
+#[tokio::test]
+async fn body_error_mid_stream_is_cancelled() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    let addr = serve(
+        otel.server_layer(),
+        Arc::new(|_| {
+            let (tx, body) = Scripted::channel();
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(http_body::Frame::data(Bytes::from(envelope(0, b"one")))))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = tx.send(Err("handler blew up".into())).await;
+            });
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body)
+                .unwrap()
+        }),
+    )
+    .await;
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
+    let response = client
+        .oneshot(grpc_request(addr, "/pkg.Svc/Stream", "application/grpc"))
+        .await
+        .unwrap();
+    let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .unwrap();
+    assert!(
+        collected.is_err(),
+        "client sees the reset: {:?}",
+        collected.map(|c| c.to_bytes())
+    );
+    t.wait_spans(2).await;
+    let server = t.span(SpanKind::Server);
+    let client_span = t.span(SpanKind::Client);
+    assert_eq!(attrs(&server)["rpc.status_code"], "CANCELLED");
+    assert!(!is_error(&server));
+    assert_eq!(attrs(&client_span)["rpc.status_code"], "CANCELLED");
+    assert!(is_error(&client_span));
+    assert_eq!(
+        t.histogram("rpc.server.call.duration")[0].count,
+        1,
+        "recorded once"
+    );
+}
+
+#[tokio::test]
+async fn client_drops_stream_midway_both_spans_end_once() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    let addr = serve(
+        otel.server_layer(),
+        Arc::new(|_| {
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Scripted::data_then_hang(&[&envelope(0, b"first")]))
+                .unwrap()
+        }),
+    )
+    .await;
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
+    let response = client
+        .oneshot(grpc_request(addr, "/pkg.Svc/Stream", "application/grpc"))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), envelope(0, b"first"));
+    drop(body);
+    let spans = t.wait_spans(2).await;
+    assert_eq!(spans.len(), 2);
+    for kind in [SpanKind::Server, SpanKind::Client] {
+        assert_eq!(attrs(&t.span(kind))["rpc.status_code"], "CANCELLED");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(t.finished_spans().len(), 2, "no span ends twice");
+    let points = t.histogram("rpc.client.call.duration");
+    assert_eq!(points.iter().map(|p| p.count).sum::<u64>(), 1);
+}
+
+#[tokio::test]
+async fn dropping_the_response_future_is_cancelled() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    // A service that never answers.
+    let never = tower::service_fn(|_req: http::Request<http_body_util::Full<Bytes>>| async {
+        std::future::pending::<
+            Result<Response<http_body_util::Full<Bytes>>, std::convert::Infallible>,
+        >()
+        .await
+    });
+    let svc = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(never);
+    let req = http::Request::post("http://example.test/pkg.Svc/M")
+        .header("content-type", "application/grpc")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let result = tokio::time::timeout(Duration::from_millis(20), svc.oneshot(req)).await;
+    assert!(result.is_err());
+    let span = t.span(SpanKind::Client);
+    assert_eq!(attrs(&span)["rpc.status_code"], "CANCELLED");
+    assert_eq!(attrs(&span)["server.address"], "example.test");
+}
+
+#[tokio::test]
+async fn deadline_passed_is_deadline_exceeded_on_both_sides() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    let addr = serve(
+        otel.server_layer(),
+        Arc::new(|_| {
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Scripted::data_then_hang(&[]))
+                .unwrap()
+        }),
+    )
+    .await;
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
+    let mut req = grpc_request(addr, "/pkg.Svc/Slow", "application/grpc");
+    req.headers_mut()
+        .insert("grpc-timeout", "30m".parse().unwrap());
+    let response = client.oneshot(req).await.unwrap();
+    let mut body = response.into_body();
+    // The caller enforces its deadline by giving up.
+    let waited = tokio::time::timeout(Duration::from_millis(80), body.frame()).await;
+    assert!(waited.is_err());
+    drop(body);
+    t.wait_spans(2).await;
+    let server = t.span(SpanKind::Server);
+    let client_span = t.span(SpanKind::Client);
+    assert_eq!(attrs(&server)["rpc.status_code"], "DEADLINE_EXCEEDED");
+    assert!(is_error(&server));
+    assert_eq!(attrs(&client_span)["rpc.status_code"], "DEADLINE_EXCEEDED");
+    assert_eq!(attrs(&client_span)["error.type"], "DEADLINE_EXCEEDED");
+}
+
+#[tokio::test]
+async fn transport_error_has_no_code_and_other_error_type() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    // Nothing listens on this port.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
+    let result = client
+        .oneshot(grpc_request(addr, "/pkg.Svc/M", "application/grpc"))
+        .await;
+    assert!(result.is_err());
+    let span = t.span(SpanKind::Client);
+    assert!(is_error(&span));
+    assert!(!attrs(&span).contains_key("rpc.status_code"));
+    assert_eq!(attrs(&span)["error.type"], "_OTHER");
+    let points = t.histogram("rpc.client.call.duration");
+    assert_eq!(points[0].attributes["error.type"], "_OTHER");
+}
+
+#[tokio::test]
+async fn filter_skips_telemetry_but_still_propagates() {
+    let t = Telemetry::new();
+    let otel = t
+        .instrumentation()
+        .with_filter(|req| req.service() != "grpc.health.v1.Health");
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let addr = serve(
+        otel.server_layer(),
+        Arc::new(move |req| {
+            seen2
+                .lock()
+                .unwrap()
+                .push(req.headers().get("traceparent").cloned());
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Scripted::data_then_trailers(
+                    &[],
+                    trailers(&[("grpc-status", "0")]),
+                ))
+                .unwrap()
+        }),
+    )
+    .await;
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
+    // An outer span makes the propagated context observable.
+    use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider};
+    let tracer = t.tracer_provider.tracer("test");
+    let outer = tracer.start("outer");
+    let cx = opentelemetry::Context::current_with_span(outer);
+    let mut req = grpc_request(addr, "/grpc.health.v1.Health/Check", "application/grpc");
+    req.extensions_mut().insert(cx.clone());
+    read_all(client.oneshot(req).await.unwrap()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(t.finished_spans().is_empty(), "filtered: no spans");
+    let header = seen.lock().unwrap()[0]
+        .clone()
+        .expect("traceparent still sent");
+    let trace_id = cx.span().span_context().trace_id().to_string();
+    assert!(header.to_str().unwrap().contains(&trace_id));
+    assert!(t.histograms().is_empty(), "filtered: no metrics");
+}
