@@ -443,10 +443,10 @@ impl Call {
             return;
         }
         self.capture_response(trailers);
-        if self.protocol.is_grpc() {
-            if let Some(ending) = header_ending(trailers) {
-                self.terminal_ending = Some(ending);
-            }
+        if self.protocol.is_grpc()
+            && let Some(ending) = header_ending(trailers)
+        {
+            self.terminal_ending = Some(ending);
         }
         self.on_end();
     }
@@ -635,10 +635,11 @@ impl Call {
             }
         }
 
-        if !other && ending.code.is_some() {
-            if let Some(path) = self.admit_path.take() {
-                self.config.methods.admit(&path);
-            }
+        if !other
+            && ending.code.is_some()
+            && let Some(path) = self.admit_path.take()
+        {
+            self.config.methods.admit(&path);
         }
     }
 }

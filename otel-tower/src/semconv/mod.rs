@@ -262,12 +262,12 @@ impl Facts<'_> {
             },
         ));
         self.stable_status(ending, out);
-        if self.side == Side::Client {
-            if let Some(addr) = self.server_address {
-                out.push(KeyValue::new(SERVER_ADDRESS, addr.clone()));
-                if let Some(port) = self.server_port {
-                    out.push(KeyValue::new(SERVER_PORT, port));
-                }
+        if self.side == Side::Client
+            && let Some(addr) = self.server_address
+        {
+            out.push(KeyValue::new(SERVER_ADDRESS, addr.clone()));
+            if let Some(port) = self.server_port {
+                out.push(KeyValue::new(SERVER_PORT, port));
             }
         }
     }

@@ -270,10 +270,10 @@ impl Body for Scripted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.frames.is_empty() {
-            if let Some(rx) = self.channel.as_mut() {
-                return rx.poll_recv(cx);
-            }
+        if self.frames.is_empty()
+            && let Some(rx) = self.channel.as_mut()
+        {
+            return rx.poll_recv(cx);
         }
         match self.frames.pop_front() {
             None if self.hang => Poll::Pending,

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Interop suites: our crates against independent implementations.
+#
+# Creates a virtualenv at target/interop-venv with the pinned packages of
+# tests/interop/requirements.txt (reinstalled only when that file changes),
+# then runs every suite in SUITES. Each suite is a shell function
+# `suite_NAME` that builds what it needs and runs its checks; its last output
+# line must be `N passed, N failed`. Suites run inside `||`, where `set -e`
+# does not apply: end every command that may fail with `|| return`. The totals are printed at the end, and
+# the script exits non-zero if any suite failed or printed no summary.
+#
+# To add a suite: append its name to SUITES and define `suite_NAME` below.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+SUITES=(
+  propagation
+)
+
+VENV=target/interop-venv
+REQUIREMENTS=tests/interop/requirements.txt
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+PY="$VENV/bin/python"
+
+# W3C Trace Context / Baggage / B3 against Python's opentelemetry propagators.
+suite_propagation() {
+  cargo build --quiet -p otel-integration-tests --bin propagation-interop || return
+  "$PY" tests/interop/propagation.py "$TARGET_DIR/debug/propagation-interop"
+}
+
+setup_venv() {
+  if [[ ! -x "$PY" ]]; then
+    echo "== creating $VENV"
+    python3 -m venv "$VENV"
+  fi
+  if ! cmp -s "$REQUIREMENTS" "$VENV/requirements.installed"; then
+    echo "== installing $REQUIREMENTS"
+    "$PY" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
+    cp "$REQUIREMENTS" "$VENV/requirements.installed"
+  fi
+}
+
+setup_venv
+
+total_passed=0
+total_failed=0
+broken=()
+for name in "${SUITES[@]}"; do
+  echo "== interop: $name"
+  log=$(mktemp)
+  status=0
+  "suite_$name" 2>&1 | tee "$log" || status=$?
+  summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1 || true)
+  rm -f "$log"
+  if [[ -z "$summary" ]]; then
+    broken+=("$name (no summary, exit $status)")
+    continue
+  fi
+  read -r passed _ failed _ <<<"${summary//,/}"
+  total_passed=$((total_passed + passed))
+  total_failed=$((total_failed + failed))
+  if [[ $status -ne 0 && $failed -eq 0 ]]; then
+    broken+=("$name (exit $status)")
+  fi
+done
+
+for b in "${broken[@]}"; do
+  echo "interop suite broken: $b"
+  total_failed=$((total_failed + 1))
+done
+echo "interop: $total_passed passed, $total_failed failed"
+[[ $total_failed -eq 0 ]]
