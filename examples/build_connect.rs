@@ -1,0 +1,3 @@
+//! connectrpc code generation for the examples.
+
+pub fn run() {}

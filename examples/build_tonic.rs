@@ -1,0 +1,3 @@
+//! tonic code generation for the examples.
+
+pub fn run() {}

@@ -1,0 +1,3 @@
+//! connectrpc code generation for the integration tests.
+
+pub fn run() {}

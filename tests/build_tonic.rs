@@ -1,0 +1,3 @@
+//! tonic code generation for the integration tests.
+
+pub fn run() {}
