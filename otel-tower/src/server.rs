@@ -129,25 +129,23 @@ where
         let instrumented = config.filter.as_ref().is_none_or(|f| f(&view));
         let public = instrumented && config.public_endpoint.as_ref().is_some_and(|f| f(&view));
 
-        // An active span already in the request (another layer made it) is the
-        // parent as is; otherwise continue the caller's trace from the headers.
-        let existing = parts
+        // Parent, most specific first: a context with an active span that
+        // another layer put in the request extensions (used as is, nothing
+        // extracted); else the caller's context from the headers; else the
+        // ambient current context (an outer layer's span). Extraction runs on
+        // top of the current context, so valid headers replace its span.
+        let parent = parts
             .extensions
             .get::<Context>()
             .filter(|cx| cx.span().span_context().is_valid())
             .cloned()
-            .or_else(|| {
+            .unwrap_or_else(|| {
                 Context::map_current(|cur| {
-                    cur.span().span_context().is_valid().then(|| cur.clone())
+                    config
+                        .propagator
+                        .extract_with_context(cur, &HeaderExtractor(&parts.headers))
                 })
             });
-        let parent = existing.unwrap_or_else(|| {
-            Context::map_current(|cur| {
-                config
-                    .propagator
-                    .extract_with_context(cur, &HeaderExtractor(&parts.headers))
-            })
-        });
 
         let tracer = config.tracer.as_ref().filter(|_| instrumented);
         let metered = instrumented && config.server_instruments.is_some();

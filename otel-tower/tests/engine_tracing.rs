@@ -1,0 +1,137 @@
+//! `tracing` integration: a handler's `tracing` span (through
+//! tracing-opentelemetry) is a child of the server span, and an outgoing call
+//! from the handler continues the trace.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry::trace::{SpanKind, TracerProvider};
+use support::*;
+use tower::{ServiceBuilder, ServiceExt};
+use tracing::Instrument;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+
+#[tokio::test(flavor = "current_thread")]
+async fn handler_tracing_span_and_outgoing_call_join_the_server_trace() {
+    let t = Telemetry::new();
+    // A realistic filter: application spans, not hyper's or h2's internals.
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(t.tracer_provider.tracer("handler"))
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+    );
+    let _default = tracing::subscriber::set_default(subscriber);
+    let otel = t.instrumentation();
+
+    // Downstream service.
+    let downstream = serve(
+        otel.server_layer(),
+        Arc::new(|_| {
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Scripted::data_then_trailers(
+                    &[],
+                    trailers(&[("grpc-status", "0")]),
+                ))
+                .unwrap()
+        }),
+    )
+    .await;
+
+    // Frontend whose handler opens a tracing span and calls downstream.
+    let client_layer = otel.client_layer();
+    let handler = tower::service_fn(move |_req: Request<hyper::body::Incoming>| {
+        let client = ServiceBuilder::new()
+            .layer(client_layer.clone())
+            .service(h2_client());
+        async move {
+            async {
+                let response = client
+                    .oneshot(grpc_request(
+                        downstream,
+                        "/backend.Svc/Get",
+                        "application/grpc",
+                    ))
+                    .await
+                    .unwrap();
+                let _ = response.into_body().collect().await;
+            }
+            .instrument(tracing::info_span!("handler work"))
+            .await;
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+                    .unwrap(),
+            )
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(otel.server_layer())
+        .service(handler);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let frontend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(svc),
+            )
+            .await;
+    });
+
+    let response = h2_client()
+        .oneshot(grpc_request(
+            frontend,
+            "/frontend.Svc/Call",
+            "application/grpc",
+        ))
+        .await
+        .unwrap();
+    let _ = response.into_body().collect().await;
+    let spans = t.wait_spans(4).await;
+    let frontend_server = spans
+        .iter()
+        .find(|s| s.name == "frontend.Svc/Call")
+        .unwrap();
+    let handler_span = spans.iter().find(|s| s.name == "handler work").unwrap();
+    let client_span = spans
+        .iter()
+        .find(|s| s.name == "backend.Svc/Get" && s.span_kind == SpanKind::Client)
+        .unwrap();
+    let backend_server = spans
+        .iter()
+        .find(|s| s.name == "backend.Svc/Get" && s.span_kind == SpanKind::Server)
+        .unwrap();
+    let trace_id = frontend_server.span_context.trace_id();
+    for s in [handler_span, client_span, backend_server] {
+        assert_eq!(
+            s.span_context.trace_id(),
+            trace_id,
+            "{} in the same trace",
+            s.name
+        );
+    }
+    assert_eq!(
+        handler_span.parent_span_id,
+        frontend_server.span_context.span_id()
+    );
+    assert_eq!(
+        backend_server.parent_span_id,
+        client_span.span_context.span_id()
+    );
+    // tracing-opentelemetry activates the handler span's context while it is
+    // entered, so the outgoing call nests under it.
+    assert_eq!(
+        client_span.parent_span_id,
+        handler_span.span_context.span_id()
+    );
+}
