@@ -1,0 +1,612 @@
+//! RPC instrumentation benchmarks: ns/call and allocations/call, side by side.
+//!
+//! Every contender runs a gRPC-shaped unary call through a tower stack in
+//! process: the request goes in, the response body (one message and
+//! `grpc-status` trailers) is polled to the end. One SDK setup for all:
+//! AlwaysOn sampler, a span processor that counts and drops spans inline, a
+//! real meter provider. Contenders alternate over several rounds and the
+//! fastest round of each is reported (the machine is noisy).
+//!
+//! Run: `cargo bench -p otel-integration-tests --bench rpc`
+//! (`-- --quick` for a short run; `-- --rounds N --calls N` to tune).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::{Body, Frame};
+use opentelemetry::metrics::{Histogram, MeterProvider as _};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanProcessor};
+use otel_tower::Instrumentation;
+use otel_tower::propagation::{HeaderExtractor, HeaderInjector};
+use otel_tower::semconv::Semconv;
+use tower::{Layer, Service};
+
+// ---------------------------------------------------------------- allocator
+
+struct CountingAlloc;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+// ---------------------------------------------------------------- SDK setup
+
+/// Counts ended spans and drops them inline.
+#[derive(Debug, Default)]
+struct CountingProcessor(Arc<AtomicU64>);
+
+impl SpanProcessor for CountingProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+    fn on_end(&self, span: SpanData) {
+        black_box(&span);
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+struct Sdk {
+    tracer_provider: SdkTracerProvider,
+    unsampled_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+    ended: Arc<AtomicU64>,
+}
+
+fn sdk() -> Sdk {
+    let ended = Arc::new(AtomicU64::new(0));
+    let tracer_provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOn)
+        .with_span_processor(CountingProcessor(ended.clone()))
+        .build();
+    let unsampled_provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::AlwaysOff)
+        .with_span_processor(CountingProcessor(ended.clone()))
+        .build();
+    let meter_provider = SdkMeterProvider::builder()
+        .with_reader(
+            PeriodicReader::builder(InMemoryMetricExporter::default())
+                .with_interval(Duration::from_secs(3600))
+                .build(),
+        )
+        .build();
+    Sdk {
+        tracer_provider,
+        unsampled_provider,
+        meter_provider,
+        ended,
+    }
+}
+
+// ---------------------------------------------------------------- the call
+
+type Req = Request<http_body_util::Empty<Bytes>>;
+
+const MESSAGE: &[u8] = b"\x00\x00\x00\x00\x0d\x0a\x0bhello world";
+
+/// A response body: `messages` envelopes, then `grpc-status: 0` trailers.
+struct GrpcBody {
+    messages: u32,
+    trailers: Option<HeaderMap>,
+}
+
+impl Body for GrpcBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.messages > 0 {
+            self.messages -= 1;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(MESSAGE)))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.messages == 0 && self.trailers.is_none()
+    }
+}
+
+fn grpc_response(messages: u32) -> Response<GrpcBody> {
+    let mut trailers = HeaderMap::with_capacity(1);
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    let mut response = Response::new(GrpcBody {
+        messages,
+        trailers: Some(trailers),
+    });
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    response
+}
+
+fn handler(
+    messages: u32,
+) -> impl Service<Req, Response = Response<GrpcBody>, Error = Infallible, Future: Send>
++ Clone
++ Send
++ 'static {
+    tower::service_fn(move |_req: Req| {
+        std::future::ready(Ok::<_, Infallible>(grpc_response(messages)))
+    })
+}
+
+fn request(traceparent: bool) -> Req {
+    let mut req = Request::new(http_body_util::Empty::new());
+    *req.method_mut() = http::Method::POST;
+    *req.uri_mut() = http::Uri::from_static("http://127.0.0.1:50051/helloworld.Greeter/SayHello");
+    let headers = req.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("te", HeaderValue::from_static("trailers"));
+    if traceparent {
+        headers.insert(
+            "traceparent",
+            HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        );
+    }
+    req
+}
+
+/// Polls a future that never waits (everything here is in memory).
+fn block_on<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+    }
+}
+
+/// Drains a body; returns the number of data bytes (kept alive with black_box).
+fn drain<B: Body + Unpin>(mut body: B) -> usize {
+    let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+    let mut n = 0;
+    loop {
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(d) = frame.data_ref() {
+                    n += bytes::Buf::remaining(d);
+                }
+            }
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => return n,
+            Poll::Pending => continue,
+        }
+    }
+}
+
+/// One call through `svc`, response polled to the end.
+fn run_call<S, B>(svc: &mut S, traceparent: bool)
+where
+    S: Service<Req, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: Body + Unpin,
+{
+    let ready = block_on(std::future::poll_fn(|cx| svc.poll_ready(cx)));
+    ready.unwrap();
+    let response = block_on(svc.call(request(traceparent))).unwrap();
+    black_box(drain(response.into_body()));
+}
+
+// ---------------------------------------------------------------- floors
+
+/// The hand-written minimum: one span with four attributes and a status at
+/// the end, one histogram record, a concrete `SdkTracer`.
+#[derive(Clone)]
+struct Floor<S> {
+    inner: S,
+    tracer: SdkTracer,
+    histogram: Histogram<f64>,
+    /// Extract (server) or inject (client) W3C Trace Context.
+    propagate: Option<Arc<TraceContextPropagator>>,
+    kind: SpanKind,
+}
+
+/// The floor as a plain function (no boxing): the same work a minimal
+/// hand-written layer does, inline.
+fn floor_call<S>(floor: &mut Floor<S>, traceparent: bool)
+where
+    S: Service<Req, Response = Response<GrpcBody>>,
+    S::Error: std::fmt::Debug,
+{
+    let start = Instant::now();
+    let start_time = SystemTime::now();
+    let mut req = request(traceparent);
+    let parent = match (&floor.propagate, floor.kind.clone()) {
+        (Some(p), SpanKind::Server) => p.extract(&HeaderExtractor(req.headers())),
+        _ => Context::current(),
+    };
+    let mut span = floor
+        .tracer
+        .span_builder("helloworld.Greeter/SayHello")
+        .with_kind(floor.kind.clone())
+        .with_start_time(start_time)
+        .with_attributes([
+            KeyValue::new("rpc.system.name", "grpc"),
+            KeyValue::new("rpc.method", "helloworld.Greeter/SayHello"),
+            KeyValue::new("server.address", "127.0.0.1"),
+            KeyValue::new("server.port", 50051i64),
+        ])
+        .start_with_context(&floor.tracer, &parent);
+    let _guard = match (&floor.propagate, floor.kind.clone()) {
+        (Some(p), SpanKind::Client) => {
+            let cx = parent.with_remote_span_context(span.span_context().clone());
+            p.inject_context(&cx, &mut HeaderInjector(req.headers_mut()));
+            None
+        }
+        (Some(_), _) => Some(parent.attach()),
+        _ => None,
+    };
+    block_on(std::future::poll_fn(|cx| floor.inner.poll_ready(cx))).unwrap();
+    let response = block_on(floor.inner.call(req)).unwrap();
+    let (_, mut body) = response.into_parts();
+    let mut cx = TaskContext::from_waker(std::task::Waker::noop());
+    let mut code = None;
+    while let Poll::Ready(Some(Ok(frame))) = Pin::new(&mut body).poll_frame(&mut cx) {
+        if let Some(t) = frame.trailers_ref() {
+            code = t.get("grpc-status").map(|v| v.as_bytes() == b"0");
+        }
+    }
+    let ok = code == Some(true);
+    span.set_attribute(KeyValue::new(
+        "rpc.status_code",
+        if ok { "OK" } else { "UNKNOWN" },
+    ));
+    if !ok {
+        span.set_status(Status::error(""));
+    }
+    let elapsed = start.elapsed();
+    span.end_with_timestamp(start_time + elapsed);
+    floor.histogram.record(
+        elapsed.as_secs_f64(),
+        &[
+            KeyValue::new("rpc.system.name", "grpc"),
+            KeyValue::new("rpc.method", "helloworld.Greeter/SayHello"),
+            KeyValue::new("rpc.status_code", "OK"),
+        ],
+    );
+}
+
+// ---------------------------------------------------------------- harness
+
+struct Contender {
+    name: String,
+    run: Box<dyn FnMut()>,
+    best_ns: f64,
+    allocs: f64,
+}
+
+impl Contender {
+    fn new(name: &str, run: impl FnMut() + 'static) -> Self {
+        Contender {
+            name: name.to_string(),
+            run: Box::new(run),
+            best_ns: f64::INFINITY,
+            allocs: 0.0,
+        }
+    }
+}
+
+struct Options {
+    rounds: usize,
+    calls: usize,
+    stream_calls: usize,
+}
+
+fn options() -> Options {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+    };
+    Options {
+        rounds: value("--rounds").unwrap_or(if quick { 3 } else { 7 }),
+        calls: value("--calls").unwrap_or(if quick { 5_000 } else { 30_000 }),
+        stream_calls: if quick { 50 } else { 300 },
+    }
+}
+
+fn measure(contenders: &mut [Contender], rounds: usize, calls: usize) {
+    for c in contenders.iter_mut() {
+        // Warm up (and fill caches), then count allocations on a short run.
+        for _ in 0..200 {
+            (c.run)();
+        }
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let n = 500;
+        for _ in 0..n {
+            (c.run)();
+        }
+        c.allocs = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
+    }
+    for _ in 0..rounds {
+        for c in contenders.iter_mut() {
+            let start = Instant::now();
+            for _ in 0..calls {
+                (c.run)();
+            }
+            let ns = start.elapsed().as_nanos() as f64 / calls as f64;
+            c.best_ns = c.best_ns.min(ns);
+        }
+    }
+}
+
+fn report(title: &str, contenders: &[Contender], bare: &str, floor: &str) {
+    let find = |n: &str| {
+        contenders
+            .iter()
+            .find(|c| c.name == n)
+            .map(|c| c.best_ns)
+            .unwrap_or(f64::NAN)
+    };
+    let (bare_ns, floor_ns) = (find(bare), find(floor));
+    println!("\n### {title}\n");
+    println!("| contender | ns/call | allocs/call | overhead vs floor |");
+    println!("|---|---:|---:|---:|");
+    for c in contenders {
+        let ratio = if c.name == bare {
+            "-".to_string()
+        } else {
+            format!("{:.2}", (c.best_ns - bare_ns) / (floor_ns - bare_ns))
+        };
+        println!(
+            "| {} | {:.0} | {:.1} | {} |",
+            c.name, c.best_ns, c.allocs, ratio
+        );
+    }
+}
+
+fn ours(sdk: &Sdk, mode: Semconv) -> Instrumentation {
+    Instrumentation::new()
+        .with_tracer_provider(sdk.tracer_provider.clone())
+        .with_meter_provider(sdk.meter_provider.clone())
+        .with_propagator(otel_tower::propagation::TraceContext::new())
+        .with_semconv(mode)
+}
+
+fn server_contenders(sdk: &Sdk, messages: u32) -> Vec<Contender> {
+    let mut out = Vec::new();
+    let mut bare = handler(messages);
+    out.push(Contender::new("bare (no instrumentation)", move || {
+        run_call(&mut bare, true)
+    }));
+
+    let meter = sdk.meter_provider.meter("floor");
+    let histogram = meter.f64_histogram("rpc.server.call.duration").build();
+    let floor = Floor {
+        inner: handler(messages),
+        tracer: sdk.tracer_provider.tracer("floor"),
+        histogram: histogram.clone(),
+        propagate: None,
+        kind: SpanKind::Server,
+    };
+    let mut f1 = floor.clone();
+    out.push(Contender::new("floor", move || floor_call(&mut f1, true)));
+    let mut f2 = Floor {
+        propagate: Some(Arc::new(TraceContextPropagator::new())),
+        ..floor
+    };
+    out.push(Contender::new("floor + W3C extract/attach", move || {
+        floor_call(&mut f2, true)
+    }));
+
+    let variants: [(&str, Instrumentation); 5] = [
+        (
+            "otel-tower Stable (spans+metrics+W3C)",
+            ours(sdk, Semconv::Stable),
+        ),
+        (
+            "otel-tower unsampled",
+            ours(sdk, Semconv::Stable).with_tracer_provider(sdk.unsampled_provider.clone()),
+        ),
+        (
+            "otel-tower metrics only",
+            ours(sdk, Semconv::Stable).without_tracing(),
+        ),
+        (
+            "otel-tower tracing only",
+            ours(sdk, Semconv::Stable).without_metrics(),
+        ),
+        ("otel-tower Legacy", ours(sdk, Semconv::Legacy)),
+    ];
+    for (name, otel) in variants {
+        let mut svc = otel.server_layer().layer(handler(messages));
+        out.push(Contender::new(name, move || run_call(&mut svc, true)));
+    }
+
+    // tonic-tracing-opentelemetry: tracing spans bridged by tracing-opentelemetry.
+    let dispatch = tracing_dispatch(sdk);
+    let mut ttoc = tonic_tracing_opentelemetry::middleware::server::OtelGrpcLayer::default()
+        .layer(handler(messages));
+    out.push(Contender::new(
+        "tonic-tracing-opentelemetry 0.42",
+        move || tracing::dispatcher::with_default(&dispatch, || run_call(&mut ttoc, true)),
+    ));
+
+    // opentelemetry-instrumentation-tower (HTTP only; global providers only).
+    let mut oit =
+        opentelemetry_instrumentation_tower::http::server::Layer::new().layer(handler(messages));
+    out.push(Contender::new(
+        "opentelemetry-instrumentation-tower 0.19",
+        move || run_call(&mut oit, true),
+    ));
+    out
+}
+
+fn client_contenders(sdk: &Sdk) -> Vec<Contender> {
+    let mut out = Vec::new();
+    let mut bare = handler(1);
+    out.push(Contender::new("bare (no instrumentation)", move || {
+        run_call(&mut bare, false)
+    }));
+    let meter = sdk.meter_provider.meter("floor");
+    let floor = Floor {
+        inner: handler(1),
+        tracer: sdk.tracer_provider.tracer("floor"),
+        histogram: meter.f64_histogram("rpc.client.call.duration").build(),
+        propagate: None,
+        kind: SpanKind::Client,
+    };
+    let mut f1 = floor.clone();
+    out.push(Contender::new("floor", move || floor_call(&mut f1, false)));
+    let mut f2 = Floor {
+        propagate: Some(Arc::new(TraceContextPropagator::new())),
+        ..floor
+    };
+    out.push(Contender::new("floor + W3C inject", move || {
+        floor_call(&mut f2, false)
+    }));
+    let mut svc = ours(sdk, Semconv::Stable).client_layer().layer(handler(1));
+    out.push(Contender::new("otel-tower client Stable", move || {
+        run_call(&mut svc, false)
+    }));
+    let mut svc = ours(sdk, Semconv::Stable)
+        .with_tracer_provider(sdk.unsampled_provider.clone())
+        .client_layer()
+        .layer(handler(1));
+    out.push(Contender::new("otel-tower client unsampled", move || {
+        run_call(&mut svc, false)
+    }));
+    let dispatch = tracing_dispatch(sdk);
+    let mut ttoc = tonic_tracing_opentelemetry::middleware::client::OtelGrpcLayer.layer(handler(1));
+    out.push(Contender::new(
+        "tonic-tracing-opentelemetry 0.42 client",
+        move || tracing::dispatcher::with_default(&dispatch, || run_call(&mut ttoc, false)),
+    ));
+    out
+}
+
+fn tracing_dispatch(sdk: &Sdk) -> tracing::Dispatch {
+    use tracing_subscriber::layer::SubscriberExt;
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(sdk.tracer_provider.tracer("tracing")));
+    tracing::Dispatch::new(subscriber)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        // `cargo test --benches` asks for a list; there are no unit tests here.
+        return;
+    }
+    let opts = options();
+    let sdk = sdk();
+    // The one peer that can only use globals gets the same SDK through them.
+    opentelemetry::global::set_tracer_provider(sdk.tracer_provider.clone());
+    opentelemetry::global::set_meter_provider(sdk.meter_provider.clone());
+
+    println!(
+        "otel-tower RPC benchmark: {} rounds x {} calls, fastest round per contender; {} cores",
+        opts.rounds,
+        opts.calls,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+
+    let mut server = server_contenders(&sdk, 1);
+    measure(&mut server, opts.rounds, opts.calls);
+    report(
+        "Server side, unary",
+        &server,
+        "bare (no instrumentation)",
+        "floor",
+    );
+
+    let mut client = client_contenders(&sdk);
+    measure(&mut client, opts.rounds, opts.calls);
+    report(
+        "Client side, unary",
+        &client,
+        "bare (no instrumentation)",
+        "floor",
+    );
+
+    let mut stream: Vec<Contender> = server_contenders(&sdk, 1000)
+        .into_iter()
+        .filter(|c| {
+            c.name.starts_with("bare")
+                || c.name.starts_with("otel-tower Stable")
+                || c.name.starts_with("floor")
+        })
+        .collect();
+    measure(&mut stream, opts.rounds, opts.stream_calls);
+    report(
+        "Server side, stream of 1000 messages",
+        &stream,
+        "bare (no instrumentation)",
+        "floor",
+    );
+    let find = |v: &[Contender], n: &str| v.iter().find(|c| c.name.starts_with(n)).unwrap().best_ns;
+    let per_message = ((find(&stream, "otel-tower Stable") - find(&stream, "bare"))
+        - (find(&server, "otel-tower Stable") - find(&server, "bare")))
+        / 1000.0;
+    let allocs_per_message = (stream
+        .iter()
+        .find(|c| c.name.starts_with("otel-tower Stable"))
+        .unwrap()
+        .allocs
+        - stream
+            .iter()
+            .find(|c| c.name.starts_with("bare"))
+            .unwrap()
+            .allocs
+        - (server
+            .iter()
+            .find(|c| c.name.starts_with("otel-tower Stable"))
+            .unwrap()
+            .allocs
+            - server
+                .iter()
+                .find(|c| c.name.starts_with("bare"))
+                .unwrap()
+                .allocs))
+        / 1000.0;
+    println!(
+        "\nper-message cost with events off (otel-tower Stable): {per_message:.1} ns, {allocs_per_message:.3} allocs"
+    );
+    println!("\nspans ended: {}", sdk.ended.load(Ordering::Relaxed));
+}
