@@ -64,7 +64,13 @@ impl<B: Body> Body for ResponseBody<B> {
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let _guard = this.attach.as_ref().map(|c| c.clone().attach());
+        // The context is current while the body runs, until the RPC is over.
+        let running = this.call.as_ref().is_none_or(|c| !c.is_done());
+        let _guard = this
+            .attach
+            .as_ref()
+            .filter(|_| running)
+            .map(|c| c.clone().attach());
         let mut inner = this.inner;
         let result = ready!(inner.as_mut().poll_frame(cx));
         if let Some(call) = this.call.as_mut() {

@@ -11,7 +11,7 @@ use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use crate::instrumentation::{CapturedHeader, Config};
 use crate::request::RpcRequest;
-use crate::semconv::{Ending, Facts, MethodNames, Side, keys};
+use crate::semconv::{Attrs, Ending, Facts, MethodNames, Side, keys};
 use crate::wire::connect_error::{self, ERROR_BODY_CAP};
 use crate::wire::envelope::{self, Base64Stream, EnvelopeEvent, EnvelopeParser};
 use crate::wire::{Code, Protocol, RpcSystem, decode_grpc_message, grpc_web};
@@ -31,6 +31,8 @@ enum Reader {
     Envelopes(EnvelopeParser, Option<Base64Stream>),
     /// Connect unary: one message, or an error body to classify.
     Unary,
+    /// Only the byte count matters.
+    Bytes,
 }
 
 /// The per-call state.
@@ -65,7 +67,7 @@ pub(crate) struct Call {
     error_body_truncated: bool,
     body_bytes: u64,
     messages: u64,
-    legacy_base: Option<Vec<KeyValue>>,
+    legacy_base: Option<Attrs>,
     done: bool,
 }
 
@@ -82,10 +84,10 @@ pub(crate) fn truncate(mut s: String, max: usize) -> String {
 }
 
 fn header_ending(headers: &HeaderMap) -> Option<Ending> {
-    let status = headers.get("grpc-status")?;
+    let status = headers.get(crate::wire::names::GRPC_STATUS)?;
     let code = Code::from_grpc_status(status.as_bytes()).unwrap_or(Code::Unknown);
     let message = headers
-        .get("grpc-message")
+        .get(crate::wire::names::GRPC_MESSAGE)
         .map(|m| truncate(decode_grpc_message(m.as_bytes()), MAX_STATUS_MESSAGE))
         .filter(|m| !m.is_empty());
     Some(Ending {
@@ -154,6 +156,11 @@ impl Call {
         }
     }
 
+    /// Whether the call has finished.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
     /// Whether this call records message events.
     fn events(&self) -> bool {
         self.traced && self.config.trace_events
@@ -165,7 +172,7 @@ impl Call {
         captured: &[CapturedHeader],
         system: RpcSystem,
         config: &Config,
-        out: &mut Vec<KeyValue>,
+        out: &mut impl Extend<KeyValue>,
     ) {
         for h in captured {
             let values: Vec<StringValue> = headers
@@ -184,14 +191,14 @@ impl Call {
             }
             let array = || Value::Array(opentelemetry::Array::String(values.clone()));
             if config.mode.stable() {
-                out.push(KeyValue::new(h.stable.clone(), array()));
+                out.extend(std::iter::once(KeyValue::new(h.stable.clone(), array())));
             }
             if config.mode.legacy() {
                 let key = match system {
                     RpcSystem::Grpc => h.legacy_grpc.clone(),
                     RpcSystem::ConnectRpc => h.legacy_connect.clone(),
                 };
-                out.push(KeyValue::new(key, array()));
+                out.extend(std::iter::once(KeyValue::new(key, array())));
             }
         }
     }
@@ -200,7 +207,7 @@ impl Call {
         if !self.traced || self.config.response_headers.is_empty() {
             return;
         }
-        let mut attrs = Vec::new();
+        let mut attrs = Attrs::new();
         Call::captured(
             headers,
             &self.config.response_headers,
@@ -215,7 +222,7 @@ impl Call {
     }
 
     /// Applies the attribute filter, if any.
-    pub fn filter_attributes(&self, attrs: &mut Vec<KeyValue>) {
+    pub fn filter_attributes(&self, attrs: &mut Attrs) {
         let (Some(filter), Some(parts)) = (&self.config.attribute_filter, &self.filter_parts)
         else {
             return;
@@ -242,7 +249,10 @@ impl Call {
             Protocol::ConnectUnary | Protocol::ConnectGet => {
                 head.headers.get(http::header::CONTENT_ENCODING).cloned()
             }
-            Protocol::ConnectStream => head.headers.get("connect-content-encoding").cloned(),
+            Protocol::ConnectStream => head
+                .headers
+                .get(crate::wire::names::CONNECT_CONTENT_ENCODING)
+                .cloned(),
             _ => None,
         };
         self.reader = match self.protocol {
@@ -251,6 +261,17 @@ impl Call {
                     self.error_body = Some(Vec::new());
                 }
                 Reader::Unary
+            }
+            // gRPC's outcome is in the trailers: envelopes are parsed only
+            // when something per message is recorded.
+            Protocol::Grpc
+                if !self.events()
+                    && self
+                        .config
+                        .instruments(self.side)
+                        .is_none_or(|i| i.legacy.is_none()) =>
+            {
+                Reader::Bytes
             }
             Protocol::Grpc => Reader::Envelopes(EnvelopeParser::new(0), None),
             Protocol::GrpcWeb => {
@@ -266,10 +287,7 @@ impl Call {
         };
         self.capture_response(&head.headers);
         if self.side == Side::Server && self.traced && self.config.propagate_response_header {
-            self.config.propagator.inject_context(
-                &self.cx,
-                &mut crate::propagation::HeaderInjector(&mut head.headers),
-            );
+            self.config.propagator.inject(&self.cx, &mut head.headers);
         }
     }
 
@@ -279,24 +297,25 @@ impl Call {
             return;
         }
         self.body_bytes += data.len() as u64;
-        let mut reader = std::mem::replace(&mut self.reader, Reader::Pending);
-        match &mut reader {
-            Reader::Pending => {}
+        match &mut self.reader {
+            Reader::Pending | Reader::Bytes => return,
             Reader::Unary => {
                 if let Some(buf) = self.error_body.as_mut() {
                     let room = ERROR_BODY_CAP - buf.len();
                     buf.extend_from_slice(&data[..room.min(data.len())]);
                     self.error_body_truncated |= data.len() > room;
                 }
+                return;
             }
-            Reader::Envelopes(parser, base64) => {
-                let mut on_event = |e: EnvelopeEvent<'_>| self.on_envelope(e);
-                match base64 {
-                    Some(decoder) => {
-                        decoder.feed(data, &mut |bytes| parser.feed(bytes, &mut on_event))
-                    }
-                    None => parser.feed(data, &mut on_event),
-                }
+            Reader::Envelopes(..) => {}
+        }
+        // The parser reports into `self`, so it is taken out while it runs.
+        let mut reader = std::mem::replace(&mut self.reader, Reader::Pending);
+        if let Reader::Envelopes(parser, base64) = &mut reader {
+            let mut on_event = |e: EnvelopeEvent<'_>| self.on_envelope(e);
+            match base64 {
+                Some(decoder) => decoder.feed(data, &mut |bytes| parser.feed(bytes, &mut on_event)),
+                None => parser.feed(data, &mut on_event),
             }
         }
         self.reader = reader;
@@ -396,7 +415,7 @@ impl Call {
             .and_then(|i| i.legacy.as_ref())
         {
             if self.legacy_base.is_none() {
-                let mut base = Vec::with_capacity(6);
+                let mut base = Attrs::new();
                 self.facts()
                     .legacy_metric_base(self.method.other, &mut base);
                 self.filter_attributes(&mut base);
@@ -548,8 +567,15 @@ impl Call {
         });
     }
 
-    /// The inner service failed before a response (transport error): no code.
+    /// The inner service failed before a response (transport error): no code,
+    /// unless the request's deadline has passed: a client that enforces the
+    /// deadline itself (tonic's `Channel` does) fails the call that way, and
+    /// that is DEADLINE_EXCEEDED, as for a drop or a body error.
     pub fn on_service_error(&mut self, message: String) {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.on_abandoned();
+            return;
+        }
         self.finish(Ending {
             code: None,
             message: Some(truncate(message, MAX_STATUS_MESSAGE)),
@@ -589,7 +615,7 @@ impl Call {
                     }
                 }
                 let facts = self.facts();
-                let mut attrs = Vec::with_capacity(6);
+                let mut attrs = Attrs::new();
                 facts.end_attributes(&ending, renamed, &mut attrs);
                 self.filter_attributes(&mut attrs);
                 if renamed && self.config.mode.stable() {
@@ -607,13 +633,13 @@ impl Call {
         if let Some(instruments) = self.config.instruments(self.side) {
             let facts = self.facts();
             if let Some(h) = &instruments.call_duration {
-                let mut attrs = Vec::with_capacity(6);
+                let mut attrs = Attrs::new();
                 facts.stable_metric_attributes(&ending, other, &mut attrs);
                 self.filter_attributes(&mut attrs);
                 h.record(elapsed.as_secs_f64(), &attrs);
             }
             if let Some(legacy) = &instruments.legacy {
-                let mut attrs = Vec::with_capacity(7);
+                let mut attrs = Attrs::new();
                 facts.legacy_metric_attributes(&ending, other, &mut attrs);
                 self.filter_attributes(&mut attrs);
                 legacy.duration.record(elapsed.as_millis() as u64, &attrs);

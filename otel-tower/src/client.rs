@@ -12,7 +12,6 @@ use tower_service::Service;
 use crate::body::{ResponseBody, ResponseFuture};
 use crate::call::Call;
 use crate::instrumentation::Config;
-use crate::propagation::HeaderInjector;
 use crate::request::RpcRequest;
 use crate::semconv::{Facts, Side};
 use crate::server::authority_host_port;
@@ -107,14 +106,12 @@ where
         let tracer = config.tracer.as_ref().filter(|_| instrumented);
         let metered = instrumented && config.client_instruments.is_some();
         if tracer.is_none() && !metered {
-            config
-                .propagator
-                .inject_context(&parent, &mut HeaderInjector(&mut parts.headers));
+            config.propagator.inject(&parent, &mut parts.headers);
             let req = http::Request::from_parts(parts, body);
             return ResponseFuture::new(self.inner.call(req), None, None);
         }
 
-        let (server_address, server_port) = match authority_host_port(&parts) {
+        let (server_address, server_port) = match authority_host_port(&parts, &config.hosts) {
             Some((host, port)) => (Some(host), port),
             None => (None, None),
         };
@@ -129,7 +126,7 @@ where
                     server_port,
                     peer: None,
                 };
-                let mut attributes = Vec::with_capacity(8);
+                let mut attributes = Vec::with_capacity(12 + config.request_headers.len());
                 facts.start_attributes(&mut attributes);
                 if !config.request_headers.is_empty() {
                     Call::captured(
@@ -155,9 +152,7 @@ where
             }
             None => (parent, false),
         };
-        config
-            .propagator
-            .inject_context(&cx, &mut HeaderInjector(&mut parts.headers));
+        config.propagator.inject(&cx, &mut parts.headers);
 
         let filter_parts = config
             .attribute_filter
@@ -175,7 +170,8 @@ where
             start,
             start_time,
         );
-        call.deadline = request_timeout(&parts.headers).and_then(|t| start.checked_add(t));
+        call.deadline =
+            request_timeout(&parts.headers, protocol).and_then(|t| start.checked_add(t));
         call.server_address = server_address;
         call.server_port = server_port;
         call.filter_parts = filter_parts;

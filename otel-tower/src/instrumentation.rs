@@ -13,7 +13,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider;
 use opentelemetry::{InstrumentationScope, Key, KeyValue, StringValue};
 
-use crate::propagation::{DefaultPropagator, SharedPropagator};
+use crate::propagation::{DefaultPropagator, Propagation};
 use crate::request::RpcRequest;
 use crate::semconv::{MethodNames, Semconv, Side, SideInstruments, keys};
 use crate::wire::{Procedure, RpcSystem};
@@ -32,7 +32,7 @@ const METHOD_CACHE_CAP: usize = 1024;
 struct Options {
     tracer_provider: Option<Arc<dyn ObjectSafeTracerProvider + Send + Sync>>,
     meter_provider: Option<Arc<dyn MeterProvider + Send + Sync>>,
-    propagator: Option<SharedPropagator>,
+    propagator: Option<Propagation>,
     filter: Option<Predicate>,
     attribute_filter: Option<AttributePredicate>,
     tracing: bool,
@@ -159,7 +159,7 @@ impl Instrumentation {
     where
         P: TextMapPropagator + Send + Sync + 'static,
     {
-        self.edit(|o| o.propagator = Some(Arc::new(propagator)))
+        self.edit(|o| o.propagator = Some(Propagation::new(propagator)))
     }
 
     /// Instruments only the calls for which `filter` returns true. Calls it
@@ -359,16 +359,66 @@ impl CapturedHeader {
     }
 }
 
+/// FNV-1a: a fast hash for the short keys of the caches below (their
+/// contents are bounded, so flooding only costs the cap).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FnvHasher(u64);
+
+impl std::hash::Hasher for FnvHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
+
+/// Most distinct hosts interned for `server.address`.
+const HOST_CACHE_CAP: usize = 256;
+
+/// Interned `server.address` values: one shared string per host.
+#[derive(Default)]
+pub(crate) struct HostCache {
+    map: RwLock<HashMap<Box<str>, StringValue, Fnv>>,
+}
+
+impl HostCache {
+    /// The shared value for `host`.
+    pub fn get(&self, host: &str) -> StringValue {
+        if let Some(v) = self.map.read().ok().and_then(|m| m.get(host).cloned()) {
+            return v;
+        }
+        let value = StringValue::from(Arc::<str>::from(host));
+        if let Ok(mut map) = self.map.write()
+            && map.len() < HOST_CACHE_CAP
+        {
+            map.insert(host.into(), value.clone());
+        }
+        value
+    }
+}
+
 /// Interned method names: parsed once per distinct path.
 pub(crate) struct MethodCache {
-    map: RwLock<HashMap<Box<str>, MethodNames>>,
+    map: RwLock<HashMap<Box<str>, MethodNames, Fnv>>,
     known: Option<HashSet<String>>,
 }
 
 impl MethodCache {
     fn new(known: Option<&[String]>) -> Self {
         let cache = MethodCache {
-            map: RwLock::new(HashMap::new()),
+            map: RwLock::new(HashMap::default()),
             known: known.map(|k| k.iter().cloned().collect()),
         };
         for m in known.unwrap_or_default() {
@@ -440,7 +490,7 @@ pub(crate) struct Config {
     pub tracer: Option<BoxedTracer>,
     pub server_instruments: Option<SideInstruments>,
     pub client_instruments: Option<SideInstruments>,
-    pub propagator: SharedPropagator,
+    pub propagator: Propagation,
     pub filter: Option<Predicate>,
     pub attribute_filter: Option<AttributePredicate>,
     pub server_peer_attributes: bool,
@@ -453,6 +503,7 @@ pub(crate) struct Config {
     pub mode: Semconv,
     pub methods: MethodCache,
     pub peer_addr_fn: PeerAddrFn,
+    pub hosts: HostCache,
 }
 
 impl Config {
@@ -492,7 +543,7 @@ impl Config {
             propagator: o
                 .propagator
                 .clone()
-                .unwrap_or_else(|| Arc::new(DefaultPropagator::new())),
+                .unwrap_or_else(|| Propagation::new(DefaultPropagator::new())),
             filter: o.filter.clone(),
             attribute_filter: o.attribute_filter.clone(),
             server_peer_attributes: o.server_peer_attributes,
@@ -515,6 +566,7 @@ impl Config {
             peer_addr_fn: o.peer_addr_fn.clone().unwrap_or_else(|| {
                 Arc::new(|ext: &http::Extensions| ext.get::<SocketAddr>().copied())
             }),
+            hosts: HostCache::default(),
         }
     }
 

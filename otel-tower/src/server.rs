@@ -12,7 +12,7 @@ use tower_service::Service;
 use crate::body::{ResponseBody, ResponseFuture};
 use crate::call::Call;
 use crate::instrumentation::Config;
-use crate::propagation::{B3Decision, HeaderExtractor};
+use crate::propagation::B3Decision;
 use crate::request::RpcRequest;
 use crate::semconv::{Facts, Side};
 use crate::wire::Protocol;
@@ -68,6 +68,7 @@ impl<S> std::fmt::Debug for ServerService<S> {
 /// authority (`:authority` in HTTP/2) or the `Host` header.
 pub(crate) fn authority_host_port(
     parts: &http::request::Parts,
+    hosts: &crate::instrumentation::HostCache,
 ) -> Option<(StringValue, Option<i64>)> {
     let parsed;
     let authority = match parts.uri.authority() {
@@ -88,10 +89,7 @@ pub(crate) fn authority_host_port(
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
-    Some((
-        StringValue::from(host.to_owned()),
-        authority.port_u16().map(i64::from),
-    ))
+    Some((hosts.get(host), authority.port_u16().map(i64::from)))
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ServerService<S>
@@ -140,11 +138,7 @@ where
             .filter(|cx| cx.span().span_context().is_valid())
             .cloned()
             .unwrap_or_else(|| {
-                Context::map_current(|cur| {
-                    config
-                        .propagator
-                        .extract_with_context(cur, &HeaderExtractor(&parts.headers))
-                })
+                Context::map_current(|cur| config.propagator.extract(cur, &parts.headers))
             });
 
         let tracer = config.tracer.as_ref().filter(|_| instrumented);
@@ -159,7 +153,7 @@ where
             return ResponseFuture::new(future, None, Some(parent));
         }
 
-        let (server_address, server_port) = match authority_host_port(&parts) {
+        let (server_address, server_port) = match authority_host_port(&parts, &config.hosts) {
             Some((host, port)) => (Some(host), port),
             None => (None, None),
         };
@@ -183,7 +177,7 @@ where
                     server_port,
                     peer,
                 };
-                let mut attributes = Vec::with_capacity(8);
+                let mut attributes = Vec::with_capacity(12 + config.request_headers.len());
                 facts.start_attributes(&mut attributes);
                 if !config.request_headers.is_empty() {
                     Call::captured(
@@ -231,7 +225,8 @@ where
             start,
             start_time,
         );
-        call.deadline = request_timeout(&parts.headers).and_then(|t| start.checked_add(t));
+        call.deadline =
+            request_timeout(&parts.headers, protocol).and_then(|t| start.checked_add(t));
         call.server_address = server_address;
         call.server_port = server_port;
         call.peer = peer;

@@ -7,6 +7,7 @@ use opentelemetry::propagation::{
 };
 
 const BAGGAGE: &str = "baggage";
+const BAGGAGE_NAME: http::HeaderName = http::HeaderName::from_static(BAGGAGE);
 /// Most list members read from all `baggage` headers together.
 pub const MAX_MEMBERS: usize = 64;
 /// Most bytes of list members read from all `baggage` headers together.
@@ -207,25 +208,32 @@ impl TextMapPropagator for Baggage {
     }
 
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
-        let Some(headers) = extractor.get_all(BAGGAGE) else {
-            return cx.clone();
-        };
-        let members = parse(headers.iter().copied());
-        if members.is_empty() {
-            return cx.clone();
-        }
-        let mut baggage = opentelemetry::baggage::Baggage::new();
-        for m in members {
-            baggage.insert_with_metadata(
-                m.key.to_string(),
-                m.value,
-                BaggageMetadata::from(m.properties),
-            );
-        }
-        cx.with_baggage(baggage)
+        extract_from(cx, &extractor)
     }
 
     fn fields(&self) -> FieldIter<'_> {
         FieldIter::new(&self.fields)
     }
+}
+
+/// Extracts from any header source; all `baggage` headers are one list.
+pub(crate) fn extract_from<'a>(cx: &Context, source: &'a impl super::Source<'a>) -> Context {
+    let mut headers: smallvec::SmallVec<[&str; 2]> = smallvec::SmallVec::new();
+    source.each(&BAGGAGE_NAME, &mut |v| headers.push(v));
+    if headers.is_empty() {
+        return cx.clone();
+    }
+    let members = parse(headers.iter().copied());
+    if members.is_empty() {
+        return cx.clone();
+    }
+    let mut baggage = opentelemetry::baggage::Baggage::new();
+    for m in members {
+        baggage.insert_with_metadata(
+            m.key.to_string(),
+            m.value,
+            BaggageMetadata::from(m.properties),
+        );
+    }
+    cx.with_baggage(baggage)
 }

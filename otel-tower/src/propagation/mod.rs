@@ -55,6 +55,8 @@ pub type SharedPropagator = Arc<dyn TextMapPropagator + Send + Sync>;
 pub struct CompositePropagator {
     propagators: Vec<Box<dyn TextMapPropagator + Send + Sync>>,
     fields: Vec<String>,
+    /// The same list as natives, when it was built from ours only.
+    native: Option<Vec<Native>>,
 }
 
 impl fmt::Debug for CompositePropagator {
@@ -79,16 +81,22 @@ impl CompositePropagator {
         CompositePropagator {
             propagators,
             fields,
+            native: None,
         }
+    }
+
+    /// A composite of our own propagators, which the layers can run straight
+    /// on the `HeaderMap`.
+    fn from_natives(natives: Vec<Native>) -> Self {
+        let mut composite = Self::new(natives.iter().map(Native::boxed).collect());
+        composite.native = Some(natives);
+        composite
     }
 
     /// W3C Trace Context followed by W3C Baggage: what the layers use when
     /// nothing else is configured.
     pub fn w3c() -> Self {
-        Self::new(vec![
-            Box::new(TraceContext::new()),
-            Box::new(Baggage::new()),
-        ])
+        Self::from_natives(vec![Native::TraceContext, Native::Baggage])
     }
 }
 
@@ -209,17 +217,142 @@ pub fn from_env_value(value: Option<&str>) -> CompositePropagator {
             "OTEL_PROPAGATORS: unsupported propagators ignored (supported: tracecontext, baggage, b3, b3multi, none)"
         );
     }
-    let propagators = names
+    let natives = names
         .iter()
-        .filter_map(|name| -> Option<Box<dyn TextMapPropagator + Send + Sync>> {
-            match name.as_str() {
-                "tracecontext" => Some(Box::new(TraceContext::new())),
-                "baggage" => Some(Box::new(Baggage::new())),
-                "b3" => Some(Box::new(B3::single())),
-                "b3multi" => Some(Box::new(B3::multi())),
-                _ => None,
-            }
+        .filter_map(|name| match name.as_str() {
+            "tracecontext" => Some(Native::TraceContext),
+            "baggage" => Some(Native::Baggage),
+            "b3" => Some(Native::B3(B3::single())),
+            "b3multi" => Some(Native::B3(B3::multi())),
+            _ => None,
         })
         .collect();
-    CompositePropagator::new(propagators)
+    CompositePropagator::from_natives(natives)
+}
+
+/// One of our propagators, run by the layers directly on an `http::HeaderMap`
+/// (no `Extractor` allocations).
+#[derive(Debug, Clone)]
+pub(crate) enum Native {
+    TraceContext,
+    Baggage,
+    B3(B3),
+}
+
+impl Native {
+    fn boxed(&self) -> Box<dyn TextMapPropagator + Send + Sync> {
+        match self {
+            Native::TraceContext => Box::new(TraceContext::new()),
+            Native::Baggage => Box::new(Baggage::new()),
+            Native::B3(b3) => Box::new(b3.clone()),
+        }
+    }
+
+    fn extract(&self, cx: &Context, headers: &http::HeaderMap) -> Context {
+        match self {
+            Native::TraceContext => trace_context::extract_from(cx, &headers),
+            Native::Baggage => baggage::extract_from(cx, &headers),
+            Native::B3(b3) => b3.extract_with_context(cx, &HeaderExtractor(headers)),
+        }
+    }
+}
+
+fn extract_natives(natives: &[Native], cx: &Context, headers: &http::HeaderMap) -> Context {
+    let mut cx = cx.clone();
+    for n in natives {
+        cx = n.extract(&cx, headers);
+    }
+    cx
+}
+
+/// Header values as the propagators' parsers read them: every value of a
+/// name, in order; values that are not visible ASCII as U+FFFD (which no
+/// grammar accepts, so they still count without being decoded).
+pub(crate) trait Source<'a> {
+    /// Calls `f` with each value of `name`.
+    fn each(&self, name: &http::HeaderName, f: &mut dyn FnMut(&'a str));
+}
+
+impl<'a> Source<'a> for &'a dyn Extractor {
+    fn each(&self, name: &http::HeaderName, f: &mut dyn FnMut(&'a str)) {
+        for v in self.get_all(name.as_str()).unwrap_or_default() {
+            f(v);
+        }
+    }
+}
+
+impl<'a> Source<'a> for &'a http::HeaderMap {
+    fn each(&self, name: &http::HeaderName, f: &mut dyn FnMut(&'a str)) {
+        for v in self.get_all(name) {
+            f(v.to_str().unwrap_or("\u{FFFD}"));
+        }
+    }
+}
+
+/// The propagator a layer runs, with a direct path for ours.
+#[derive(Clone)]
+pub(crate) struct Propagation {
+    shared: SharedPropagator,
+    path: Path,
+}
+
+#[derive(Clone)]
+enum Path {
+    Native(Vec<Native>),
+    Default,
+    Foreign,
+}
+
+impl fmt::Debug for Propagation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Propagation")
+            .field("propagator", &self.shared)
+            .finish()
+    }
+}
+
+impl Propagation {
+    /// Wraps a propagator, recognising ours.
+    pub(crate) fn new<P: TextMapPropagator + Send + Sync + 'static>(propagator: P) -> Self {
+        let any: &dyn std::any::Any = &propagator;
+        let path = if any.is::<TraceContext>() {
+            Path::Native(vec![Native::TraceContext])
+        } else if any.is::<Baggage>() {
+            Path::Native(vec![Native::Baggage])
+        } else if let Some(b3) = any.downcast_ref::<B3>() {
+            Path::Native(vec![Native::B3(b3.clone())])
+        } else if let Some(c) = any.downcast_ref::<CompositePropagator>() {
+            c.native.clone().map_or(Path::Foreign, Path::Native)
+        } else if any.is::<DefaultPropagator>() {
+            Path::Default
+        } else {
+            Path::Foreign
+        };
+        Propagation {
+            shared: Arc::new(propagator),
+            path,
+        }
+    }
+
+    /// Extracts the caller's context from request headers, on top of `cx`.
+    pub(crate) fn extract(&self, cx: &Context, headers: &http::HeaderMap) -> Context {
+        match &self.path {
+            Path::Native(natives) => extract_natives(natives, cx, headers),
+            Path::Default => opentelemetry::global::get_text_map_propagator(|global| {
+                if global.fields().next().is_some() {
+                    global.extract_with_context(cx, &HeaderExtractor(headers))
+                } else {
+                    extract_natives(&[Native::TraceContext, Native::Baggage], cx, headers)
+                }
+            }),
+            Path::Foreign => self
+                .shared
+                .extract_with_context(cx, &HeaderExtractor(headers)),
+        }
+    }
+
+    /// Injects `cx` into request (or response) headers.
+    pub(crate) fn inject(&self, cx: &Context, headers: &mut http::HeaderMap) {
+        self.shared.inject_context(cx, &mut HeaderInjector(headers));
+    }
 }

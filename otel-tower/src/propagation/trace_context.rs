@@ -6,10 +6,13 @@ use opentelemetry::propagation::{
 };
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 
+use super::Source;
 use super::hex;
 
 const TRACEPARENT: &str = "traceparent";
 const TRACESTATE: &str = "tracestate";
+const TRACEPARENT_NAME: http::HeaderName = http::HeaderName::from_static(TRACEPARENT);
+const TRACESTATE_NAME: http::HeaderName = http::HeaderName::from_static(TRACESTATE);
 const MAX_MEMBERS: usize = 32;
 const MAX_KEY_LEN: usize = 256;
 const MAX_VALUE_LEN: usize = 256;
@@ -171,16 +174,36 @@ impl TextMapPropagator for TraceContext {
     }
 
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
-        let parents = extractor.get_all(TRACEPARENT).unwrap_or_default();
-        let [traceparent] = parents.as_slice() else {
-            return cx.clone();
-        };
-        let Some((trace_id, span_id, flags)) = parse_traceparent(traceparent) else {
-            return cx.clone();
-        };
-        let states = extractor.get_all(TRACESTATE).unwrap_or_default();
+        extract_from(cx, &extractor)
+    }
+
+    fn fields(&self) -> FieldIter<'_> {
+        FieldIter::new(&self.fields)
+    }
+}
+
+/// Extracts from any header source (the layers read the `HeaderMap` directly,
+/// without the allocations of the `Extractor` interface).
+pub(crate) fn extract_from<'a>(cx: &Context, source: &'a impl Source<'a>) -> Context {
+    let mut parents = 0;
+    let mut traceparent = None;
+    source.each(&TRACEPARENT_NAME, &mut |v| {
+        parents += 1;
+        traceparent = Some(v);
+    });
+    let (1, Some(traceparent)) = (parents, traceparent) else {
+        return cx.clone();
+    };
+    let Some((trace_id, span_id, flags)) = parse_traceparent(traceparent) else {
+        return cx.clone();
+    };
+    let mut states: smallvec::SmallVec<[&str; 2]> = smallvec::SmallVec::new();
+    source.each(&TRACESTATE_NAME, &mut |v| states.push(v));
+    let (trace_state, verbatim) = if states.is_empty() {
+        (TraceState::NONE, None)
+    } else {
         let members = parse_tracestate(states.iter().copied()).unwrap_or_default();
-        let (trace_state, verbatim) = match TraceState::from_key_value(members.iter().copied()) {
+        match TraceState::from_key_value(members.iter().copied()) {
             Ok(state) => (state, None),
             Err(_) => {
                 let header = members
@@ -193,16 +216,12 @@ impl TextMapPropagator for TraceContext {
                     Some(VerbatimTraceState { trace_id, header }),
                 )
             }
-        };
-        let sc = SpanContext::new(trace_id, span_id, flags, true, trace_state);
-        let cx = cx.with_remote_span_context(sc);
-        match verbatim {
-            Some(v) => cx.with_value(v),
-            None => cx,
         }
-    }
-
-    fn fields(&self) -> FieldIter<'_> {
-        FieldIter::new(&self.fields)
+    };
+    let sc = SpanContext::new(trace_id, span_id, flags, true, trace_state);
+    let cx = cx.with_remote_span_context(sc);
+    match verbatim {
+        Some(v) => cx.with_value(v),
+        None => cx,
     }
 }

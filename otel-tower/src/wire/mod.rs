@@ -12,6 +12,19 @@ pub mod protocol;
 pub mod timeout;
 
 pub use code::Code;
+
+/// Header names the engine reads on every call, parsed once.
+pub(crate) mod names {
+    use http::HeaderName;
+    pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+    pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+    pub const CONNECT_TIMEOUT_MS: HeaderName = HeaderName::from_static("connect-timeout-ms");
+    pub const CONNECT_PROTOCOL_VERSION: HeaderName =
+        HeaderName::from_static("connect-protocol-version");
+    pub const CONNECT_CONTENT_ENCODING: HeaderName =
+        HeaderName::from_static("connect-content-encoding");
+}
 pub use protocol::{Procedure, Protocol, RpcSystem};
 
 /// Percent-decodes a `grpc-message` leniently: malformed escapes are kept,

@@ -96,7 +96,7 @@ impl Protocol {
                 return Some(Protocol::ConnectUnary);
             }
             let versioned = headers
-                .get("connect-protocol-version")
+                .get(super::names::CONNECT_PROTOCOL_VERSION)
                 .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
             let codec = media.strip_prefix(b"application/").unwrap_or_default();
             (versioned && !codec.is_empty()).then_some(Protocol::ConnectUnary)

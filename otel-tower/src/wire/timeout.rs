@@ -33,14 +33,20 @@ fn parse_digits(digits: &[u8], max: usize) -> Option<u64> {
     )
 }
 
-/// The timeout a request carries, from whichever header its protocol uses.
-pub fn request_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    if let Some(v) = headers.get("grpc-timeout") {
-        return parse_grpc_timeout(v.as_bytes());
+/// The timeout a request carries, from the header its protocol uses.
+pub fn request_timeout(
+    headers: &http::HeaderMap,
+    protocol: super::Protocol,
+) -> Option<std::time::Duration> {
+    if protocol.is_grpc() {
+        headers
+            .get(super::names::GRPC_TIMEOUT)
+            .and_then(|v| parse_grpc_timeout(v.as_bytes()))
+    } else {
+        headers
+            .get(super::names::CONNECT_TIMEOUT_MS)
+            .and_then(|v| parse_connect_timeout(v.as_bytes()))
     }
-    headers
-        .get("connect-timeout-ms")
-        .and_then(|v| parse_connect_timeout(v.as_bytes()))
 }
 
 #[cfg(test)]
