@@ -344,7 +344,11 @@ where
                         req
                     })
                     .service(svc);
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                // Room for the adversarial tests' oversized headers.
+                builder.http2().max_header_list_size(4 << 20);
+                builder.http1().max_headers(512);
+                let _ = builder
                     .serve_connection(
                         TokioIo::new(stream),
                         hyper_util::service::TowerToHyperService::new(svc),
