@@ -49,7 +49,10 @@ fn reset_peak() -> usize {
 fn grpc_ok(_: &Request<hyper::body::Incoming>) -> Response<Scripted> {
     Response::builder()
         .header("content-type", "application/grpc")
-        .body(Scripted::data_then_trailers(&[&envelope(0, b"ok")], trailers(&[("grpc-status", "0")])))
+        .body(Scripted::data_then_trailers(
+            &[&envelope(0, b"ok")],
+            trailers(&[("grpc-status", "0")]),
+        ))
         .unwrap()
 }
 
@@ -79,8 +82,13 @@ fn raw_request(addr: std::net::SocketAddr, headers: &[(&str, &[u8])]) -> Request
     req
 }
 
-async fn read_h2(response: h2::client::ResponseFuture) -> (http::StatusCode, Vec<u8>, Option<http::HeaderMap>) {
-    let response = tokio::time::timeout(Duration::from_secs(10), response).await.unwrap().unwrap();
+async fn read_h2(
+    response: h2::client::ResponseFuture,
+) -> (http::StatusCode, Vec<u8>, Option<http::HeaderMap>) {
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .unwrap()
+        .unwrap();
     let status = response.status();
     let mut body = response.into_body();
     let mut bytes = Vec::new();
@@ -106,15 +114,25 @@ async fn hostile_propagation_headers_are_ignored_and_the_server_keeps_serving() 
     let huge_state = format!("a={}", "x".repeat(1 << 20));
     let baggage: Vec<String> = (0..200).map(|i| format!("k{i}=v{i}")).collect();
     let mut headers: Vec<(&str, &[u8])> = vec![
-        ("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+        (
+            "traceparent",
+            b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
         ("tracestate", huge_state.as_bytes()),
     ];
     for b in &baggage {
         headers.push(("baggage", b.as_bytes()));
     }
-    let (response, mut stream) = send.send_request(raw_request(addr, &headers), false).unwrap();
+    let (response, mut stream) = send
+        .send_request(raw_request(addr, &headers), false)
+        .unwrap();
     // A request envelope declaring 4 GiB, followed by a little data and the end.
-    stream.send_data(Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3]), true).unwrap();
+    stream
+        .send_data(
+            Bytes::from_static(&[0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3]),
+            true,
+        )
+        .unwrap();
     let (status, body, trailers) = read_h2(response).await;
     assert_eq!(status, 200);
     assert_eq!(body, envelope(0, b"ok"));
@@ -127,7 +145,10 @@ async fn hostile_propagation_headers_are_ignored_and_the_server_keeps_serving() 
     let server = t.wait_spans(1).await.pop().unwrap();
     // The tracestate is invalid (one member of 1 MiB): the trace continues
     // from traceparent, tracestate discarded.
-    assert_eq!(server.span_context.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(
+        server.span_context.trace_id().to_string(),
+        "0af7651916cd43dd8448eb211c80319c"
+    );
     assert_eq!(server.span_context.trace_state().header(), "");
 
     // Invalid UTF-8 and obs-text in a captured header value.
@@ -136,13 +157,19 @@ async fn hostile_propagation_headers_are_ignored_and_the_server_keeps_serving() 
     let addr2 = serve(otel2.server_layer(), Arc::new(grpc_ok)).await;
     let mut send2 = h2_connect(addr2).await;
     let (response, _) = send2
-        .send_request(raw_request(addr2, &[("x-weird", b"caf\xc3\xa9 \xff\xfe end")]), true)
+        .send_request(
+            raw_request(addr2, &[("x-weird", b"caf\xc3\xa9 \xff\xfe end")]),
+            true,
+        )
         .unwrap();
     read_h2(response).await;
     let span = t2.wait_spans(1).await.pop().unwrap();
     let value = attrs(&span)["rpc.request.metadata.x-weird"].clone();
     assert!(value.contains("café"), "{value}");
-    assert!(value.contains('\u{FFFD}'), "invalid bytes become U+FFFD: {value}");
+    assert!(
+        value.contains('\u{FFFD}'),
+        "invalid bytes become U+FFFD: {value}"
+    );
 
     // Still serving on the first connection.
     let (response, _) = send.send_request(raw_request(addr, &[]), true).unwrap();
@@ -160,31 +187,49 @@ async fn rst_stream_mid_body_and_a_client_that_stops_reading() {
             let (tx, body) = Scripted::channel();
             tokio::spawn(async move {
                 for _ in 0..10_000 {
-                    if tx.send(Ok(Frame::data(Bytes::from(envelope(0, &[7u8; 1024]))))).await.is_err() {
+                    if tx
+                        .send(Ok(Frame::data(Bytes::from(envelope(0, &[7u8; 1024])))))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
             });
-            Response::builder().header("content-type", "application/grpc").body(body).unwrap()
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body)
+                .unwrap()
         }),
     )
     .await;
     let mut send = h2_connect(addr).await;
     // RST_STREAM after the first chunk.
     let (response, _) = send.send_request(raw_request(addr, &[]), true).unwrap();
-    let response = tokio::time::timeout(Duration::from_secs(5), response).await.unwrap().unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
     let mut body = response.into_body();
     body.data().await.unwrap().unwrap();
     drop(body); // h2 sends RST_STREAM(CANCEL) for a dropped stream
     // A client that stops reading: never polls its body.
     let (response, _) = send.send_request(raw_request(addr, &[]), true).unwrap();
-    let stalled = tokio::time::timeout(Duration::from_secs(5), response).await.unwrap().unwrap();
+    let stalled = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .unwrap()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Another client is still served while one stalls.
     let ok = serve(t.instrumentation().server_layer(), Arc::new(grpc_ok)).await;
-    let client = ServiceBuilder::new().layer(t.instrumentation().client_layer()).service(h2_client());
-    let other = client.oneshot(grpc_request(ok, "/pkg.Svc/Method", "application/grpc")).await.unwrap();
+    let client = ServiceBuilder::new()
+        .layer(t.instrumentation().client_layer())
+        .service(h2_client());
+    let other = client
+        .oneshot(grpc_request(ok, "/pkg.Svc/Method", "application/grpc"))
+        .await
+        .unwrap();
     let (_, body, _) = read_all(other).await;
     assert_eq!(body, envelope(0, b"ok"));
 
@@ -193,7 +238,9 @@ async fn rst_stream_mid_body_and_a_client_that_stops_reading() {
     let spans = t.wait_spans(4).await;
     let servers: Vec<_> = spans
         .iter()
-        .filter(|s| s.span_kind == SpanKind::Server && attrs(s)["server.port"] == addr.port().to_string())
+        .filter(|s| {
+            s.span_kind == SpanKind::Server && attrs(s)["server.port"] == addr.port().to_string()
+        })
         .collect();
     assert_eq!(servers.len(), 2, "both abandoned calls ended exactly once");
     for s in servers {
@@ -206,7 +253,11 @@ async fn rst_stream_mid_body_and_a_client_that_stops_reading() {
 fn endless_error_body() -> Scripted {
     let (tx, body) = Scripted::channel();
     tokio::spawn(async move {
-        let _ = tx.send(Ok(Frame::data(Bytes::from_static(br#"{"code":"not_found","message":""#)))).await;
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(
+                br#"{"code":"not_found","message":""#,
+            ))))
+            .await;
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
         for _ in 0..160 {
             if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
@@ -260,36 +311,68 @@ async fn hostile_responses_are_classified_and_passed_through() {
         }),
     )
     .await;
-    let client = ServiceBuilder::new().layer(otel.client_layer()).service(h2_client());
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
 
     // Garbage grpc-status values.
     for status in ["99", "-1", "abc"] {
         t.spans.reset();
-        let req = grpc_request(addr, &format!("/pkg.Svc/Status{status}"), "application/grpc");
+        let req = grpc_request(
+            addr,
+            &format!("/pkg.Svc/Status{status}"),
+            "application/grpc",
+        );
         let (_, _, trailers) = read_all(client.clone().oneshot(req).await.unwrap()).await;
-        assert_eq!(trailers.unwrap()["grpc-status"], status, "trailers unchanged");
+        assert_eq!(
+            trailers.unwrap()["grpc-status"],
+            status,
+            "trailers unchanged"
+        );
         let span = t.span(SpanKind::Client);
         assert_eq!(attrs(&span)["rpc.status_code"], "UNKNOWN");
         // The status message is a plain string: decoded leniently, no panic.
-        let opentelemetry::trace::Status::Error { description } = &span.status else { panic!() };
+        let opentelemetry::trace::Status::Error { description } = &span.status else {
+            panic!()
+        };
         assert!(description.contains("injected"), "{description}");
-        assert_eq!(attrs(&span)["rpc.response.metadata.x-evil"], "[\"\u{FFFD}\u{FFFD}\"]");
+        assert_eq!(
+            attrs(&span)["rpc.response.metadata.x-evil"],
+            "[\"\u{FFFD}\u{FFFD}\"]"
+        );
     }
 
     // A declared 4 GiB envelope in a response: passed through, counted, no allocation.
     t.spans.reset();
     let baseline = reset_peak();
-    let (_, body, _) =
-        read_all(client.clone().oneshot(grpc_request(addr, "/pkg.Svc/Huge", "application/grpc")).await.unwrap()).await;
+    let (_, body, _) = read_all(
+        client
+            .clone()
+            .oneshot(grpc_request(addr, "/pkg.Svc/Huge", "application/grpc"))
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(body, [0, 0xff, 0xff, 0xff, 0xff, 1, 2, 3]);
     assert!(PEAK.load(Ordering::Relaxed) - baseline < 4 << 20);
     assert_eq!(attrs(&t.span(SpanKind::Client))["rpc.status_code"], "OK");
 
     // gRPC-Web trailer block with CR/LF tricks and invalid UTF-8.
     t.spans.reset();
-    let h1 = ServiceBuilder::new().layer(otel.client_layer()).service(h1_client());
-    read_all(h1.clone().oneshot(grpc_request(addr, "/pkg.Svc/WebCrlf", "application/grpc-web+proto")).await.unwrap())
-        .await;
+    let h1 = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h1_client());
+    read_all(
+        h1.clone()
+            .oneshot(grpc_request(
+                addr,
+                "/pkg.Svc/WebCrlf",
+                "application/grpc-web+proto",
+            ))
+            .await
+            .unwrap(),
+    )
+    .await;
     let span = t.span(SpanKind::Client);
     assert_eq!(attrs(&span)["rpc.status_code"], "INVALID_ARGUMENT");
     assert!(!attrs(&span).contains_key("rpc.response.metadata.injected"));
@@ -305,14 +388,25 @@ async fn hostile_responses_are_classified_and_passed_through() {
     let mut body = response.into_body();
     let mut received = 0usize;
     while received < (10 << 20) {
-        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame()).await.unwrap().unwrap().unwrap();
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         if let Some(d) = frame.data_ref() {
             received += d.len();
         }
     }
     let peak = PEAK.load(Ordering::Relaxed) - baseline;
-    assert!(peak < 4 << 20, "bounded while streaming 10 MiB: peak {peak}");
+    assert!(
+        peak < 4 << 20,
+        "bounded while streaming 10 MiB: peak {peak}"
+    );
     drop(body);
     let span = t.span(SpanKind::Client);
-    assert_eq!(attrs(&span)["rpc.status_code"], "canceled", "abandoned before the body ended");
+    assert_eq!(
+        attrs(&span)["rpc.status_code"],
+        "canceled",
+        "abandoned before the body ended"
+    );
 }

@@ -21,7 +21,9 @@ const IN_FLIGHT: usize = 64;
 
 /// Deterministic pseudo-random choices (no extra dependency).
 fn lcg(seed: &mut u64) -> u64 {
-    *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     *seed >> 33
 }
 
@@ -45,20 +47,33 @@ async fn every_span_ends_exactly_once_under_load() {
                     _ => 5,
                 };
                 for _ in 0..messages {
-                    if tx.send(Ok(Frame::data(Bytes::from(envelope(0, b"m"))))).await.is_err() {
+                    if tx
+                        .send(Ok(Frame::data(Bytes::from(envelope(0, b"m")))))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                     tokio::task::yield_now().await;
                 }
                 let status = if kind == "fail" { "13" } else { "0" };
-                let _ = tx.send(Ok(Frame::trailers(trailers(&[("grpc-status", status)])))).await;
+                let _ = tx
+                    .send(Ok(Frame::trailers(trailers(&[("grpc-status", status)]))))
+                    .await;
             });
-            Response::builder().header("content-type", "application/grpc").body(body).unwrap()
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(body)
+                .unwrap()
         }),
     )
     .await;
-    let client = ServiceBuilder::new().layer(otel.client_layer()).service(h2_client());
-    let baseline_tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
+    let baseline_tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
 
     let semaphore = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT));
     let mut seed = 42u64;
@@ -77,9 +92,11 @@ async fn every_span_ends_exactly_once_under_load() {
             let _permit = permit;
             let mut req = grpc_request(addr, "/pkg.Svc/Mixed", "application/grpc");
             let wire_kind = if kind == "cancel" { "stream" } else { kind };
-            req.headers_mut().insert("x-kind", wire_kind.parse().unwrap());
+            req.headers_mut()
+                .insert("x-kind", wire_kind.parse().unwrap());
             if kind == "hang" {
-                req.headers_mut().insert("grpc-timeout", "20m".parse().unwrap());
+                req.headers_mut()
+                    .insert("grpc-timeout", "20m".parse().unwrap());
             }
             let response = client.oneshot(req).await.unwrap();
             let mut body = response.into_body();
@@ -89,11 +106,15 @@ async fn every_span_ends_exactly_once_under_load() {
                     drop(body);
                 }
                 "hang" => {
-                    let waited = tokio::time::timeout(Duration::from_millis(40), body.frame()).await;
+                    let waited =
+                        tokio::time::timeout(Duration::from_millis(40), body.frame()).await;
                     assert!(waited.is_err());
                 }
                 _ => {
-                    tokio::time::timeout(Duration::from_secs(10), body.collect()).await.unwrap().unwrap();
+                    tokio::time::timeout(Duration::from_secs(10), body.collect())
+                        .await
+                        .unwrap()
+                        .unwrap();
                 }
             }
             kind
@@ -108,12 +129,22 @@ async fn every_span_ends_exactly_once_under_load() {
     let spans = t.wait_spans(2 * CALLS).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let spans_after = t.finished_spans();
-    assert_eq!(spans_after.len(), 2 * CALLS, "no span ends twice, none is missing");
+    assert_eq!(
+        spans_after.len(),
+        2 * CALLS,
+        "no span ends twice, none is missing"
+    );
     let ids: HashSet<_> = spans.iter().map(|s| s.span_context.span_id()).collect();
     assert_eq!(ids.len(), 2 * CALLS, "no duplicates");
 
-    let servers = spans.iter().filter(|s| s.span_kind == SpanKind::Server).count();
-    let clients = spans.iter().filter(|s| s.span_kind == SpanKind::Client).count();
+    let servers = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Server)
+        .count();
+    let clients = spans
+        .iter()
+        .filter(|s| s.span_kind == SpanKind::Client)
+        .count();
     assert_eq!((servers, clients), (CALLS, CALLS));
     let count = |name: &str| t.histogram(name).iter().map(|p| p.count).sum::<u64>() as usize;
     assert_eq!(count("rpc.server.call.duration"), servers);
@@ -122,7 +153,10 @@ async fn every_span_ends_exactly_once_under_load() {
     let client_codes = |code: &str| {
         spans
             .iter()
-            .filter(|s| s.span_kind == SpanKind::Client && attrs(s).get("rpc.status_code").map(String::as_str) == Some(code))
+            .filter(|s| {
+                s.span_kind == SpanKind::Client
+                    && attrs(s).get("rpc.status_code").map(String::as_str) == Some(code)
+            })
             .count()
     };
     assert_eq!(client_codes("INTERNAL"), expected["fail"]);
@@ -136,11 +170,16 @@ async fn every_span_ends_exactly_once_under_load() {
     drop(client);
     let mut alive = usize::MAX;
     for _ in 0..100 {
-        alive = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        alive = tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks();
         if alive <= baseline_tasks + expected["hang"] {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(alive <= baseline_tasks + expected["hang"], "alive tasks {alive}");
+    assert!(
+        alive <= baseline_tasks + expected["hang"],
+        "alive tasks {alive}"
+    );
 }

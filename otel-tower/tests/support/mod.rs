@@ -344,7 +344,8 @@ where
                         req
                     })
                     .service(svc);
-                let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 // Room for the adversarial tests' oversized headers.
                 builder.http2().max_header_list_size(4 << 20);
                 builder.http1().max_headers(512);

@@ -1,0 +1,16 @@
+//! Connect error bodies and end-stream messages: arbitrary (and gzip-framed)
+//! input never panics and decompression stays bounded.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use otel_tower::wire::connect_error::{decompress, parse_end_stream, parse_unary_error};
+
+fuzz_target!(|data: &[u8]| {
+    let _ = parse_unary_error(data);
+    let _ = parse_end_stream(data);
+    if let Some(out) = decompress(data, Some(b"gzip"), 4096) {
+        assert!(out.len() <= 4096);
+        let _ = parse_unary_error(&out);
+    }
+    assert_eq!(decompress(data, None, 4096).as_deref(), Some(data));
+});

@@ -1,0 +1,124 @@
+//! The fuzz targets' invariants as property tests, so CI checks them on
+//! every run (the fuzzers in `otel-tower/fuzz` search much deeper).
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use opentelemetry::Context;
+use opentelemetry::propagation::TextMapPropagator;
+use otel_tower::propagation::{B3, Baggage, HeaderExtractor, HeaderInjector, TraceContext};
+use otel_tower::wire::Code;
+use otel_tower::wire::connect_error::{decompress, parse_end_stream, parse_unary_error};
+use otel_tower::wire::envelope::{Base64Stream, EnvelopeEvent, EnvelopeParser, TERMINAL_CAP};
+use otel_tower::wire::grpc_web::{trailer, trailer_lines};
+use otel_tower::wire::timeout::{parse_connect_timeout, parse_grpc_timeout};
+use proptest::prelude::*;
+
+const NAMES: [&str; 8] = [
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
+fn events(mask: u8, chunks: &[&[u8]]) -> Vec<(u8, u32, Vec<u8>, bool)> {
+    let mut parser = EnvelopeParser::new(mask);
+    let mut out = Vec::new();
+    for c in chunks {
+        parser.feed(c, &mut |e| match e {
+            EnvelopeEvent::Message { flags, len } => out.push((flags, len, Vec::new(), false)),
+            EnvelopeEvent::Terminal {
+                flags,
+                payload,
+                truncated,
+            } => {
+                assert!(payload.len() <= TERMINAL_CAP);
+                out.push((flags, payload.len() as u32, payload.to_vec(), truncated))
+            }
+        });
+    }
+    out
+}
+
+fn decode(chunks: &[&[u8]]) -> Vec<u8> {
+    let mut d = Base64Stream::default();
+    let mut out = Vec::new();
+    for c in chunks {
+        d.feed(c, &mut |b| out.extend_from_slice(b));
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn propagation_never_panics_and_injects_valid_headers(
+        records in prop::collection::vec((0usize..NAMES.len(), prop::collection::vec(any::<u8>(), 0..80)), 0..8)
+    ) {
+        let mut headers = HeaderMap::new();
+        for (i, v) in &records {
+            if let Ok(v) = HeaderValue::from_bytes(v) {
+                headers.append(HeaderName::from_static(NAMES[*i]), v);
+            }
+        }
+        let propagators: [Box<dyn TextMapPropagator>; 4] =
+            [Box::new(TraceContext::new()), Box::new(Baggage::new()), Box::new(B3::single()), Box::new(B3::multi())];
+        for p in &propagators {
+            let cx = p.extract_with_context(&Context::new(), &HeaderExtractor(&headers));
+            let mut out = HeaderMap::new();
+            p.inject_context(&cx, &mut HeaderInjector(&mut out));
+            for (name, value) in &out {
+                prop_assert!(p.fields().any(|f| f == name.as_str()));
+                prop_assert!(value.to_str().is_ok() && !value.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn envelope_events_do_not_depend_on_frame_splits(
+        mask in prop_oneof![Just(0u8), Just(0x02), Just(0x80)],
+        body in prop::collection::vec(any::<u8>(), 0..300),
+        cut in any::<prop::sample::Index>(),
+        step in 1usize..9,
+    ) {
+        let whole = events(mask, &[&body]);
+        let (a, b) = body.split_at(cut.index(body.len() + 1));
+        prop_assert_eq!(&events(mask, &[a, b]), &whole);
+        let pieces: Vec<&[u8]> = body.chunks(step).collect();
+        prop_assert_eq!(&events(mask, &pieces), &whole);
+        let decoded = decode(&[&body]);
+        prop_assert!(decoded.len() <= body.len());
+        prop_assert_eq!(decode(&[a, b]), decoded);
+    }
+
+    #[test]
+    fn connect_error_parsing_is_total_and_bounded(data in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = parse_unary_error(&data);
+        let _ = parse_end_stream(&data);
+        if let Some(out) = decompress(&data, Some(b"gzip"), 64) {
+            prop_assert!(out.len() <= 64);
+        }
+        prop_assert_eq!(decompress(&data, None, 64), Some(data.clone()));
+    }
+
+    #[test]
+    fn trailer_blocks_and_timeouts_are_total(data in prop::collection::vec(any::<u8>(), 0..120)) {
+        for (name, value) in trailer_lines(&data) {
+            prop_assert!(!name.is_empty() && !name.contains(&b'\n') && !value.contains(&b'\n'));
+        }
+        if let Some(status) = trailer(&data, "grpc-status") {
+            let _ = Code::from_grpc_status(status);
+        }
+        let _ = otel_tower::wire::decode_grpc_message(&data);
+        if parse_connect_timeout(&data).is_some() {
+            prop_assert!(data.len() <= 10 && data.iter().all(u8::is_ascii_digit));
+        }
+        if parse_grpc_timeout(&data).is_some() {
+            let (unit, digits) = data.split_last().unwrap();
+            prop_assert!(b"HMSmun".contains(unit) && !digits.is_empty() && digits.len() <= 8);
+        }
+    }
+}
