@@ -59,15 +59,17 @@ pub(crate) struct Call {
     pub filter_parts: Option<Box<http::request::Parts>>,
     reader: Reader,
     http_status: u16,
-    header_ending: Option<Ending>,
-    terminal_ending: Option<Ending>,
+    /// The outcome seen so far: trailers-only headers, then trailers or the
+    /// terminal message, which win.
+    ending: Option<Ending>,
     end_stream_seen: bool,
-    content_encoding: Option<HeaderValue>,
+    /// The body's (or end-stream message's) content encoding, by name.
+    content_encoding: Option<&'static [u8]>,
     error_body: Option<Vec<u8>>,
     error_body_truncated: bool,
     body_bytes: u64,
     messages: u64,
-    legacy_base: Option<Attrs>,
+    legacy_base: Option<Vec<KeyValue>>,
     done: bool,
 }
 
@@ -131,8 +133,7 @@ impl Call {
             filter_parts: None,
             reader: Reader::Pending,
             http_status: 0,
-            header_ending: None,
-            terminal_ending: None,
+            ending: None,
             end_stream_seen: false,
             content_encoding: None,
             error_body: None,
@@ -243,18 +244,24 @@ impl Call {
     pub fn on_response(&mut self, head: &mut http::response::Parts) {
         self.http_status = head.status.as_u16();
         if self.protocol.is_grpc() {
-            self.header_ending = header_ending(&head.headers);
+            self.ending = header_ending(&head.headers);
         }
-        self.content_encoding = match self.protocol {
+        let encoding = match self.protocol {
             Protocol::ConnectUnary | Protocol::ConnectGet => {
-                head.headers.get(http::header::CONTENT_ENCODING).cloned()
+                head.headers.get(http::header::CONTENT_ENCODING)
             }
             Protocol::ConnectStream => head
                 .headers
-                .get(crate::wire::names::CONNECT_CONTENT_ENCODING)
-                .cloned(),
+                .get(crate::wire::names::CONNECT_CONTENT_ENCODING),
             _ => None,
         };
+        // Only names matter: gzip is decoded, identity passes, anything else
+        // is unsupported and classified from the HTTP status.
+        self.content_encoding = encoding.map(|v| match v.as_bytes().trim_ascii() {
+            b"gzip" => &b"gzip"[..],
+            b"identity" | b"" => &b"identity"[..],
+            _ => &b"unsupported"[..],
+        });
         self.reader = match self.protocol {
             Protocol::ConnectUnary | Protocol::ConnectGet => {
                 if self.http_status != 200 && self.http_status != 304 {
@@ -333,7 +340,7 @@ impl Call {
                 truncated,
             } => {
                 self.end_stream_seen = true;
-                self.terminal_ending = Some(if flags & envelope::FLAG_TRAILERS != 0 {
+                self.ending = Some(if flags & envelope::FLAG_TRAILERS != 0 {
                     self.capture_trailer_block(payload);
                     self.grpc_web_trailers(payload)
                 } else {
@@ -375,11 +382,7 @@ impl Call {
 
     fn connect_end_stream(&self, flags: u8, payload: &[u8], truncated: bool) -> Ending {
         let json = if flags & envelope::FLAG_COMPRESSED != 0 {
-            connect_error::decompress(
-                payload,
-                self.content_encoding.as_ref().map(|v| v.as_bytes()),
-                ERROR_BODY_CAP,
-            )
+            connect_error::decompress(payload, self.content_encoding, ERROR_BODY_CAP)
         } else {
             (!truncated).then(|| payload.to_vec())
         };
@@ -419,7 +422,7 @@ impl Call {
                 self.facts()
                     .legacy_metric_base(self.method.other, &mut base);
                 self.filter_attributes(&mut base);
-                self.legacy_base = Some(base);
+                self.legacy_base = Some(base.into_vec());
             }
             let attrs = self.legacy_base.as_deref().unwrap_or_default();
             legacy.response_size.record(u64::from(len), attrs);
@@ -465,7 +468,7 @@ impl Call {
         if self.protocol.is_grpc()
             && let Some(ending) = header_ending(trailers)
         {
-            self.terminal_ending = Some(ending);
+            self.ending = Some(ending);
         }
         self.on_end();
     }
@@ -487,11 +490,7 @@ impl Call {
         };
         match self.protocol {
             Protocol::Grpc | Protocol::GrpcWeb | Protocol::GrpcWebText => {
-                if let Some(e) = self
-                    .terminal_ending
-                    .take()
-                    .or_else(|| self.header_ending.take())
-                {
+                if let Some(e) = self.ending.take() {
                     e
                 } else if self.http_status == 200 {
                     Ending {
@@ -507,7 +506,7 @@ impl Call {
                 if self.http_status != 200 {
                     from_http(self.http_status)
                 } else {
-                    self.terminal_ending.take().unwrap_or(Ending {
+                    self.ending.take().unwrap_or(Ending {
                         code: Some(Code::Internal),
                         message: Some("stream ended without an end-stream message".into()),
                         not_modified: false,
@@ -530,12 +529,8 @@ impl Call {
                     let parsed = if self.error_body_truncated {
                         None
                     } else {
-                        connect_error::decompress(
-                            &body,
-                            self.content_encoding.as_ref().map(|v| v.as_bytes()),
-                            ERROR_BODY_CAP,
-                        )
-                        .and_then(|json| connect_error::parse_unary_error(&json))
+                        connect_error::decompress(&body, self.content_encoding, ERROR_BODY_CAP)
+                            .and_then(|json| connect_error::parse_unary_error(&json))
                     };
                     match parsed {
                         Some(err) if err.code.is_some() => Ending {
@@ -679,5 +674,15 @@ impl Drop for Call {
         } else {
             self.on_abandoned();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn call_state_stays_small() {
+        // It is moved from the service into the future and then the body.
+        let size = std::mem::size_of::<super::Call>();
+        assert!(size <= 480, "Call is {size} bytes");
     }
 }
