@@ -73,6 +73,16 @@ pub(crate) struct Call {
     done: bool,
 }
 
+/// How long after the call started its deadline counts as passed: the
+/// timeout less a small grace (a twentieth, at most 20 ms), because the
+/// peer's clock started earlier (server) or gives up at the same instant
+/// (client) and a cancel arriving just before our copy of the deadline is
+/// still the deadline.
+pub(crate) fn deadline_with_grace(timeout: std::time::Duration) -> std::time::Duration {
+    let grace = (timeout / 20).min(std::time::Duration::from_millis(20));
+    timeout - grace
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary.
 pub(crate) fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {

@@ -170,8 +170,8 @@ where
             start,
             start_time,
         );
-        call.deadline =
-            request_timeout(&parts.headers, protocol).and_then(|t| start.checked_add(t));
+        call.deadline = request_timeout(&parts.headers, protocol)
+            .and_then(|t| start.checked_add(crate::call::deadline_with_grace(t)));
         call.server_address = server_address;
         call.server_port = server_port;
         call.filter_parts = filter_parts;

@@ -353,8 +353,14 @@ fn options() -> Options {
 fn measure(contenders: &mut Vec<Contender>, rounds: usize, calls: usize) {
     // `--only NAME` keeps the contenders whose name contains NAME (and bare).
     let args: Vec<String> = std::env::args().collect();
-    if let Some(only) = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1)) {
-        contenders.retain(|c| c.name.contains(only.as_str()) || c.name.starts_with("bare") || c.name == "floor");
+    if let Some(only) = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+    {
+        contenders.retain(|c| {
+            c.name.contains(only.as_str()) || c.name.starts_with("bare") || c.name == "floor"
+        });
     }
     for c in contenders.iter_mut() {
         // Warm up (and fill caches), then count allocations on a short run.
@@ -588,7 +594,11 @@ fn main() {
         "bare (no instrumentation)",
         "floor",
     );
-    let find = |v: &[Contender], n: &str| v.iter().find(|c| c.name.starts_with(n)).map_or(f64::NAN, |c| c.best_ns);
+    let find = |v: &[Contender], n: &str| {
+        v.iter()
+            .find(|c| c.name.starts_with(n))
+            .map_or(f64::NAN, |c| c.best_ns)
+    };
     let per_message = ((find(&stream, "otel-tower Stable") - find(&stream, "bare"))
         - (find(&server, "otel-tower Stable") - find(&server, "bare")))
         / 1000.0;

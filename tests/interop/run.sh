@@ -15,6 +15,9 @@ cd "$(dirname "$0")/../.."
 
 SUITES=(
   propagation
+  grpcio
+  connect_node
+  connect_python
 )
 
 VENV=target/interop-venv
@@ -27,6 +30,26 @@ PY="$VENV/bin/python"
 suite_propagation() {
   cargo build --quiet -p otel-integration-tests --bin propagation-interop || return
   "$PY" tests/interop/propagation.py "$TARGET_DIR/debug/propagation-interop"
+}
+
+# otel_tonic server and client against grpcio + opentelemetry-instrumentation-grpc.
+suite_grpcio() {
+  cargo build --quiet -p otel-integration-tests --bin tonic-interop || return
+  "$PY" tests/interop/grpcio_interop.py "$TARGET_DIR/debug/tonic-interop"
+}
+
+# otel_connect server and client against @connectrpc/connect-node 2.1.2
+# (Node 20; exact versions in tests/interop/connect-node/package-lock.json).
+suite_connect_node() {
+  cargo build --quiet -p otel-integration-tests --bin connect-interop || return
+  (cd tests/interop/connect-node && npm ci --no-audit --no-fund --loglevel=error) || return
+  node tests/interop/connect-node/interop.mjs "$TARGET_DIR/debug/connect-interop"
+}
+
+# otel_connect server against Python connectrpc 0.13 (gzip by default).
+suite_connect_python() {
+  cargo build --quiet -p otel-integration-tests --bin connect-interop || return
+  "$PY" tests/interop/connect_python.py "$TARGET_DIR/debug/connect-interop"
 }
 
 setup_venv() {

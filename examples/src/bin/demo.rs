@@ -4,5 +4,7 @@
 
 fn main() {
     println!("otel-tower demo: coming soon.");
-    println!("Meanwhile: `cargo test --workspace` runs the suite against real servers on 127.0.0.1.");
+    println!(
+        "Meanwhile: `cargo test --workspace` runs the suite against real servers on 127.0.0.1."
+    );
 }
