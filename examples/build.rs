@@ -7,7 +7,11 @@ mod build_tonic;
 #[path = "build_connect.rs"]
 mod build_connect;
 
+#[path = "build_demo.rs"]
+mod build_demo;
+
 fn main() {
     build_tonic::run();
     build_connect::run();
+    build_demo::run();
 }

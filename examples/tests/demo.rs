@@ -1,0 +1,268 @@
+//! The demo, run as a user would: its output shows every trace crossing both
+//! services, the right statuses, and the metrics summary; and with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` it exports everything over OTLP/HTTP.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+fn run_demo(envs: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_demo"));
+    cmd.env_remove("OTEL_PROPAGATORS")
+        .env_remove("OTEL_SEMCONV_STABILITY_OPT_IN")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .env_remove("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let output = cmd.output().expect("run the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "demo failed: {}\n{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// One span line of the waterfall: service, kind, depth, name, rest.
+struct Line {
+    service: String,
+    kind: String,
+    depth: usize,
+    name: String,
+    rest: String,
+}
+
+fn span_lines(block: &str) -> Vec<Line> {
+    block
+        .lines()
+        .filter(|l| l.len() > 21 && !l[2..11].trim().is_empty())
+        .map(|l| {
+            let name_field = &l[21..];
+            let depth = (name_field.len() - name_field.trim_start().len()) / 2;
+            let mut parts = name_field.trim_start().splitn(2, ' ');
+            Line {
+                service: l[2..11].trim().to_string(),
+                kind: l[12..20].trim().to_string(),
+                depth,
+                name: parts.next().unwrap_or_default().to_string(),
+                rest: l.to_string(),
+            }
+        })
+        .collect()
+}
+
+fn traces(output: &str) -> Vec<(String, String)> {
+    let section = output.split("\nTraces (").nth(1).expect("traces section");
+    let section = section.split("\nMetrics (").next().unwrap();
+    section
+        .split("\nTrace ")
+        .skip(1)
+        .map(|block| {
+            let title = block.lines().next().unwrap().to_string();
+            (title, block.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn demo_shows_connected_traces_statuses_and_metrics() {
+    let output = run_demo(&[]);
+    let traces = traces(&output);
+    assert_eq!(traces.len(), 7, "{output}");
+    assert!(output.contains("7 traces, 35 spans."), "{output}");
+    for (title, block) in &traces {
+        let lines = span_lines(block);
+        let find = |service: &str, kind: &str| {
+            lines
+                .iter()
+                .find(|l| l.service == service && l.kind == kind)
+                .unwrap_or_else(|| panic!("{title}: no {service} {kind} in\n{block}"))
+        };
+        let driver_client = find("driver", "CLIENT");
+        let frontend_server = find("frontend", "SERVER");
+        let frontend_client = find("frontend", "CLIENT");
+        let backend_server = find("backend", "SERVER");
+        // The waterfall nests each hop under the previous one.
+        assert_eq!(frontend_server.depth, driver_client.depth + 1, "{block}");
+        assert_eq!(frontend_client.depth, frontend_server.depth + 1, "{block}");
+        assert_eq!(backend_server.depth, frontend_client.depth + 1, "{block}");
+        assert_eq!(frontend_client.name, backend_server.name, "{block}");
+        assert!(frontend_server.name.starts_with("demo.shop.v1.Shop/"));
+        assert!(
+            backend_server
+                .name
+                .starts_with("demo.inventory.v1.Inventory/")
+        );
+        if title.contains("not found") {
+            assert!(
+                block.contains("rpc.status_code=not_found error.type=not_found"),
+                "{block}"
+            );
+            assert!(block.contains("rpc.status_code=NOT_FOUND"), "{block}");
+            assert!(
+                backend_server.rest.contains("Unset"),
+                "NOT_FOUND is not a server error"
+            );
+        }
+        if title.contains("too slow") {
+            assert!(
+                block.contains("rpc.status_code=DEADLINE_EXCEEDED error.type=DEADLINE_EXCEEDED"),
+                "{block}"
+            );
+            assert!(driver_client.rest.contains("Error"), "{block}");
+            assert!(
+                block.contains("rpc.status_code=deadline_exceeded"),
+                "{block}"
+            );
+        }
+        if title.contains("stream") {
+            assert_eq!(backend_server.name, "demo.inventory.v1.Inventory/Scan");
+        }
+    }
+    let metrics = output.split("\nMetrics (").nth(1).expect("metrics section");
+    for method in [
+        "demo.shop.v1.Shop/GetItem",
+        "demo.shop.v1.Shop/ListItems",
+        "demo.inventory.v1.Inventory/Lookup",
+        "demo.inventory.v1.Inventory/Scan",
+    ] {
+        assert!(metrics.contains(method), "{method} in\n{metrics}");
+    }
+    assert!(
+        metrics.contains("rpc.server.call.duration")
+            && metrics.contains("rpc.client.call.duration")
+    );
+    assert!(output.contains("traceparent: 00-"), "W3C by default");
+}
+
+#[test]
+fn demo_switches_to_b3_and_legacy_names() {
+    let output = run_demo(&[
+        ("OTEL_PROPAGATORS", "b3"),
+        ("OTEL_SEMCONV_STABILITY_OPT_IN", "rpc/old"),
+    ]);
+    assert!(output.contains("propagation: OTEL_PROPAGATORS=b3"));
+    let received = output
+        .split("backend received on its first call:")
+        .nth(1)
+        .unwrap();
+    let received = received.split("\nTraces").next().unwrap();
+    assert!(received.contains("\n  b3: "), "{received}");
+    assert!(!received.contains("traceparent"), "{received}");
+    // Still one connected trace per call.
+    assert_eq!(traces(&output).len(), 7, "{output}");
+    assert!(
+        output.contains("rpc.system=connect_rpc rpc.service=demo.shop.v1.Shop")
+            || output.contains("rpc.method=GetItem")
+    );
+    assert!(output.contains("rpc.grpc.status_code=5"));
+    assert!(output.contains("rpc.server.duration"));
+    assert!(
+        !output.contains("rpc.system.name="),
+        "no stable names in Legacy"
+    );
+}
+
+/// Decoded OTLP export requests, as a minimal receiver saw them.
+#[derive(Default)]
+struct Received {
+    spans: usize,
+    span_names: BTreeSet<String>,
+    services: BTreeSet<String>,
+    metrics: BTreeSet<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_exports_over_otlp_http() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sink = received.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let sink = sink.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let mut r = sink.lock().unwrap();
+                            if path == "/v1/traces" {
+                                let export =
+                                    ExportTraceServiceRequest::decode(body).expect("trace export");
+                                for rs in export.resource_spans {
+                                    for kv in rs.resource.iter().flat_map(|r| &r.attributes) {
+                                        if kv.key == "service.name" {
+                                            r.services.insert(format!("{:?}", kv.value));
+                                        }
+                                    }
+                                    for ss in rs.scope_spans {
+                                        r.spans += ss.spans.len();
+                                        r.span_names.extend(ss.spans.into_iter().map(|s| s.name));
+                                    }
+                                }
+                            } else if path == "/v1/metrics" {
+                                let export = ExportMetricsServiceRequest::decode(body)
+                                    .expect("metrics export");
+                                for rm in export.resource_metrics {
+                                    for sm in rm.scope_metrics {
+                                        r.metrics.extend(sm.metrics.into_iter().map(|m| m.name));
+                                    }
+                                }
+                            }
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+
+    let endpoint = format!("http://{addr}");
+    let output = tokio::task::spawn_blocking(move || {
+        run_demo(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)])
+    })
+    .await
+    .unwrap();
+    assert!(output.contains("terminal + OTLP/HTTP"), "{output}");
+    server.abort();
+    let r = received.lock().unwrap();
+    assert_eq!(
+        r.spans, 35,
+        "every span arrived (the providers flush on exit)"
+    );
+    for name in [
+        "demo.shop.v1.Shop/GetItem",
+        "demo.inventory.v1.Inventory/Lookup",
+        "demo.inventory.v1.Inventory/Scan",
+    ] {
+        assert!(r.span_names.contains(name), "{name}: {:?}", r.span_names);
+    }
+    assert_eq!(r.services.len(), 3, "{:?}", r.services);
+    for metric in ["rpc.server.call.duration", "rpc.client.call.duration"] {
+        assert!(r.metrics.contains(metric), "{metric}: {:?}", r.metrics);
+    }
+}
