@@ -17,9 +17,7 @@ use connectrpc::client::{ClientConfig, Http2Connection};
 use opentelemetry::Context;
 use opentelemetry::context::FutureExt;
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider as _};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use otel_examples::telemetry::Telemetry;
 
 mod proto {
     connectrpc::include_generated!("_connectrpc_ping.rs");
@@ -45,16 +43,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
         Some(other) => return Err(format!("unknown protocol {other:?}").into()),
     };
 
-    // 1. The SDK, as in the server.
-    let resource = Resource::builder().with_service_name("ping-client").build();
-    let tracer_provider = SdkTracerProvider::builder()
-        .with_resource(resource.clone())
-        .with_batch_exporter(opentelemetry_stdout::SpanExporter::default())
-        .build();
-    let meter_provider = SdkMeterProvider::builder()
-        .with_resource(resource)
-        .with_periodic_exporter(opentelemetry_stdout::MetricExporter::default())
-        .build();
+    // 1. The SDK, as in the server (OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set).
+    let telemetry = Telemetry::from_env("ping-client");
+    let (tracer_provider, meter_provider) = (
+        telemetry.tracer_provider.clone(),
+        telemetry.meter_provider.clone(),
+    );
 
     // 2. The instrumentation, and `OtelTransport` around connectrpc's own
     //    transport (here one HTTP/2 connection; `HttpClient` works the same).
@@ -106,7 +100,6 @@ async fn main() -> Result<(), Box<dyn Error>> {
     cx.span().end();
 
     // 4. Flush and stop the exporters.
-    tracer_provider.shutdown()?;
-    meter_provider.shutdown()?;
+    telemetry.shutdown();
     Ok(())
 }

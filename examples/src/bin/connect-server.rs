@@ -20,9 +20,7 @@ use connectrpc::{
     ServiceResult, ServiceStream,
 };
 use futures::StreamExt;
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use otel_examples::telemetry::Telemetry;
 
 mod proto {
     connectrpc::include_generated!("_connectrpc_ping.rs");
@@ -117,18 +115,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .unwrap_or_else(|| "127.0.0.1:8080".into())
         .parse()?;
 
-    // 1. The SDK: where telemetry goes. The stdout exporters print it; for a
-    //    collector, use opentelemetry-otlp's SpanExporter / MetricExporter
-    //    here instead, nothing else changes.
-    let resource = Resource::builder().with_service_name("ping-server").build();
-    let tracer_provider = SdkTracerProvider::builder()
-        .with_resource(resource.clone())
-        .with_batch_exporter(opentelemetry_stdout::SpanExporter::default())
-        .build();
-    let meter_provider = SdkMeterProvider::builder()
-        .with_resource(resource)
-        .with_periodic_exporter(opentelemetry_stdout::MetricExporter::default())
-        .build();
+    // 1. The SDK: where telemetry goes. OTLP/HTTP when
+    //    OTEL_EXPORTER_OTLP_ENDPOINT is set, stdout otherwise (see
+    //    examples/src/telemetry.rs, a file to copy).
+    let telemetry = Telemetry::from_env("ping-server");
+    let (tracer_provider, meter_provider) = (
+        telemetry.tracer_provider.clone(),
+        telemetry.meter_provider.clone(),
+    );
 
     // 2. One instrumentation for this service, like otelconnect-go's
     //    `NewInterceptor(WithTracerProvider(..), WithMeterProvider(..))`.
@@ -158,7 +152,6 @@ async fn main() -> Result<(), Box<dyn Error>> {
     .await?;
 
     // 4. Flush and stop the exporters.
-    tracer_provider.shutdown()?;
-    meter_provider.shutdown()?;
+    telemetry.shutdown();
     Ok(())
 }
