@@ -66,6 +66,8 @@ fn default_propagator_follows_the_installed_global() {
     let fresh = DefaultPropagator::new();
     assert_eq!(extracted_trace(&fresh, &incoming).as_deref(), Some(T2));
     assert_eq!(inject(&fresh, &cx), ["b3"]);
+    // fields() lists exactly what is injected now.
+    assert_eq!(default.fields().collect::<Vec<_>>(), ["b3"]);
 
     // Without a b3 header, the traceparent is no longer read.
     incoming.remove("b3");

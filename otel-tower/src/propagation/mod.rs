@@ -129,12 +129,16 @@ impl TextMapPropagator for CompositePropagator {
 #[derive(Debug)]
 pub struct DefaultPropagator {
     fallback: CompositePropagator,
+    /// The installed global's fields, copied the first time they are asked
+    /// for (they cannot be borrowed past the global's lock).
+    global_fields: std::sync::OnceLock<Vec<String>>,
 }
 
 impl Default for DefaultPropagator {
     fn default() -> Self {
         DefaultPropagator {
             fallback: CompositePropagator::w3c(),
+            global_fields: std::sync::OnceLock::new(),
         }
     }
 }
@@ -169,9 +173,15 @@ impl TextMapPropagator for DefaultPropagator {
     }
 
     fn fields(&self) -> FieldIter<'_> {
-        // The global's fields cannot be borrowed past the lock; report the
-        // fallback's, which is what is used unless a global is installed.
-        self.fallback.fields()
+        let global: Vec<String> = opentelemetry::global::get_text_map_propagator(|g| {
+            g.fields().map(str::to_owned).collect()
+        });
+        if global.is_empty() {
+            return self.fallback.fields();
+        }
+        // A global installed once at startup (the usual case) is reported
+        // exactly; one replaced later keeps the first one's field list.
+        FieldIter::new(self.global_fields.get_or_init(|| global))
     }
 }
 
