@@ -72,7 +72,18 @@ impl<B: Body> Body for ResponseBody<B> {
             .filter(|_| running)
             .map(|c| c.clone().attach());
         let mut inner = this.inner;
-        let result = ready!(inner.as_mut().poll_frame(cx));
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner.as_mut().poll_frame(cx)
+        }));
+        let result = match polled {
+            Ok(poll) => ready!(poll),
+            Err(panic) => {
+                if let Some(call) = this.call.as_mut() {
+                    call.on_panic();
+                }
+                std::panic::resume_unwind(panic)
+            }
+        };
         if let Some(call) = this.call.as_mut() {
             match &result {
                 Some(Ok(frame)) => {
@@ -140,7 +151,18 @@ where
         let this = self.project();
         let result = {
             let _guard = this.attach.as_ref().map(|c| c.clone().attach());
-            ready!(this.inner.poll(cx))
+            // A panicking handler is a failed call, recorded before the
+            // panic goes on its way.
+            let inner = this.inner;
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+                Ok(poll) => ready!(poll),
+                Err(panic) => {
+                    if let Some(call) = this.call.as_mut() {
+                        call.on_panic();
+                    }
+                    std::panic::resume_unwind(panic)
+                }
+            }
         };
         let attach = this.attach.take();
         Poll::Ready(match result {

@@ -572,6 +572,16 @@ impl Call {
         });
     }
 
+    /// The inner service or body panicked: an error without a code, on both
+    /// sides (the peer only sees a reset).
+    pub fn on_panic(&mut self) {
+        self.finish(Ending {
+            code: None,
+            message: Some("panicked".to_string()),
+            not_modified: false,
+        });
+    }
+
     /// The inner service failed before a response (transport error): no code,
     /// unless the request's deadline has passed: a client that enforces the
     /// deadline itself (tonic's `Channel` does) fails the call that way, and

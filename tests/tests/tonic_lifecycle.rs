@@ -262,11 +262,11 @@ async fn client_drops_unary_call_before_the_response() {
 }
 
 /// tonic does not catch a panicking handler: the task serving the stream
-/// dies, the server's response future is dropped and hyper resets the HTTP/2
-/// stream (RST_STREAM CANCEL) before any response. The server span ends once
-/// as CANCELLED (a dropped call); the client's Channel fails with the reset
-/// before a response, a transport failure without a gRPC code (`_OTHER`).
-/// The server keeps serving.
+/// dies and hyper resets the HTTP/2 stream (RST_STREAM CANCEL) before any
+/// response. The layer sees the panic go through and ends the server span
+/// once as an error without a code (`_OTHER`, "panicked"); the client's
+/// Channel fails with the reset before a response, also `_OTHER`. The
+/// server keeps serving.
 #[tokio::test]
 async fn handler_panic_resets_the_stream() {
     let t = Telemetry::new();
@@ -279,8 +279,8 @@ async fn handler_panic_resets_the_stream() {
     let spans = settled(&t, 2).await;
     let client_span = kind(&spans, SpanKind::Client);
     let server_span = kind(&spans, SpanKind::Server);
-    assert_eq!(outcome(&server_span), (some("CANCELLED"), None));
-    assert_eq!(server_span.status, SpanStatus::Unset);
+    assert_eq!(outcome(&server_span), (None, some("_OTHER")));
+    assert_eq!(server_span.status, SpanStatus::error("panicked"));
     assert_eq!(outcome(&client_span), (None, some("_OTHER")));
     assert!(is_error(&client_span));
 
@@ -290,7 +290,8 @@ async fn handler_panic_resets_the_stream() {
 }
 
 /// A response stream that panics after two messages: the client got both,
-/// then the reset as a body error. Both spans end once as CANCELLED.
+/// then the reset as a body error (CANCELLED); the server span records the
+/// panic as an error without a code. Both end once.
 #[tokio::test]
 async fn stream_panic_midway_resets_the_stream() {
     let t = Telemetry::new();
@@ -320,7 +321,8 @@ async fn stream_panic_midway_resets_the_stream() {
         outcome(&client_span),
         (some("CANCELLED"), some("CANCELLED"))
     );
-    assert_eq!(outcome(&server_span), (some("CANCELLED"), None));
+    assert_eq!(outcome(&server_span), (None, some("_OTHER")));
+    assert!(is_error(&server_span));
 }
 
 /// With a panic-catching layer inside the server layer (tower-http's
