@@ -108,3 +108,41 @@ async fn connect_examples_export_one_trace_over_otlp() {
             .any(|(s, m)| s == "ping-client" && m == "rpc.client.call.duration")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tonic_examples_export_one_trace_over_otlp() {
+    let r = run_pair(
+        env!("CARGO_BIN_EXE_tonic-server"),
+        "GREETER_ADDR",
+        env!("CARGO_BIN_EXE_tonic-client"),
+        "GREETER_URL",
+    )
+    .await;
+    let hello = "helloworld.Greeter/SayHello";
+    let client = r
+        .spans
+        .iter()
+        .find(|s| s.service == "greeter-client" && s.kind == 3 && s.name == hello)
+        .expect("client span");
+    let server = r
+        .spans
+        .iter()
+        .find(|s| {
+            s.service == "greeter-server"
+                && s.kind == 2
+                && s.name == hello
+                && s.parent_span_id == client.span_id
+        })
+        .expect("server span, child of the client span");
+    assert_eq!(server.trace_id, client.trace_id);
+    assert!(
+        r.metrics
+            .iter()
+            .any(|(s, m)| s == "greeter-server" && m == "rpc.server.call.duration")
+    );
+    assert!(
+        r.metrics
+            .iter()
+            .any(|(s, m)| s == "greeter-client" && m == "rpc.client.call.duration")
+    );
+}

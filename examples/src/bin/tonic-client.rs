@@ -13,9 +13,7 @@ use std::error::Error;
 
 use opentelemetry::Context;
 use opentelemetry::trace::{TraceContextExt, Tracer, TracerProvider as _};
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use otel_examples::telemetry::Telemetry;
 use tonic::transport::Endpoint;
 
 mod hello {
@@ -33,19 +31,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let name = args.next().unwrap_or_else(|| "world".into());
 
-    // 1. The SDK (see tonic-server.rs; use opentelemetry-otlp exporters for a
-    //    collector).
-    let resource = Resource::builder()
-        .with_service_name("greeter-client")
-        .build();
-    let tracer_provider = SdkTracerProvider::builder()
-        .with_resource(resource.clone())
-        .with_batch_exporter(opentelemetry_stdout::SpanExporter::default())
-        .build();
-    let meter_provider = SdkMeterProvider::builder()
-        .with_resource(resource)
-        .with_periodic_exporter(opentelemetry_stdout::MetricExporter::default())
-        .build();
+    // 1. The SDK: OTLP/HTTP when OTEL_EXPORTER_OTLP_ENDPOINT is set, stdout
+    //    otherwise (examples/src/telemetry.rs).
+    let telemetry = Telemetry::from_env("greeter-client");
+    let (tracer_provider, meter_provider) = (
+        telemetry.tracer_provider.clone(),
+        telemetry.meter_provider.clone(),
+    );
     let otel = otel_tonic::instrumentation()
         .with_tracer_provider(tracer_provider.clone())
         .with_meter_provider(meter_provider.clone());
@@ -77,7 +69,6 @@ async fn main() -> Result<(), Box<dyn Error>> {
     cx.span().end();
 
     // 4. Flush and stop the exporters.
-    tracer_provider.shutdown()?;
-    meter_provider.shutdown()?;
+    telemetry.shutdown();
     Ok(())
 }

@@ -12,9 +12,7 @@
 use std::error::Error;
 use std::net::SocketAddr;
 
-use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use otel_examples::telemetry::Telemetry;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
 
@@ -51,20 +49,14 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .unwrap_or_else(|| "127.0.0.1:50051".into())
         .parse()?;
 
-    // 1. The SDK: where telemetry goes. The stdout exporters print it; for a
-    //    collector, use opentelemetry-otlp's SpanExporter / MetricExporter
-    //    here instead, nothing else changes.
-    let resource = Resource::builder()
-        .with_service_name("greeter-server")
-        .build();
-    let tracer_provider = SdkTracerProvider::builder()
-        .with_resource(resource.clone())
-        .with_batch_exporter(opentelemetry_stdout::SpanExporter::default())
-        .build();
-    let meter_provider = SdkMeterProvider::builder()
-        .with_resource(resource)
-        .with_periodic_exporter(opentelemetry_stdout::MetricExporter::default())
-        .build();
+    // 1. The SDK: where telemetry goes. OTLP/HTTP when
+    //    OTEL_EXPORTER_OTLP_ENDPOINT is set, stdout otherwise (see
+    //    examples/src/telemetry.rs, a file to copy).
+    let telemetry = Telemetry::from_env("greeter-server");
+    let (tracer_provider, meter_provider) = (
+        telemetry.tracer_provider.clone(),
+        telemetry.meter_provider.clone(),
+    );
 
     // 2. One instrumentation for this service (W3C Trace Context + Baggage
     //    propagation by default). Health probes are left out.
@@ -84,7 +76,6 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .await?;
 
     // 4. Flush and stop the exporters.
-    tracer_provider.shutdown()?;
-    meter_provider.shutdown()?;
+    telemetry.shutdown();
     Ok(())
 }
