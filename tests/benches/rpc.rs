@@ -308,6 +308,192 @@ where
     );
 }
 
+// ---------------------------------------------------------------- end to end
+
+mod hello {
+    tonic::include_proto!("helloworld");
+}
+
+struct Greeter;
+
+#[tonic::async_trait]
+impl hello::greeter_server::Greeter for Greeter {
+    async fn say_hello(
+        &self,
+        request: tonic::Request<hello::HelloRequest>,
+    ) -> Result<tonic::Response<hello::HelloReply>, tonic::Status> {
+        Ok(tonic::Response::new(hello::HelloReply {
+            message: format!("Hello {}", request.into_inner().name),
+        }))
+    }
+    type ServerStreamStream =
+        Pin<Box<dyn futures::Stream<Item = Result<hello::HelloReply, tonic::Status>> + Send>>;
+    async fn server_stream(
+        &self,
+        _request: tonic::Request<hello::HelloRequest>,
+    ) -> Result<tonic::Response<Self::ServerStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bench"))
+    }
+    async fn client_stream(
+        &self,
+        _request: tonic::Request<tonic::Streaming<hello::HelloRequest>>,
+    ) -> Result<tonic::Response<hello::HelloReply>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bench"))
+    }
+    type BidiStream =
+        Pin<Box<dyn futures::Stream<Item = Result<hello::HelloReply, tonic::Status>> + Send>>;
+    async fn bidi(
+        &self,
+        _request: tonic::Request<tonic::Streaming<hello::HelloRequest>>,
+    ) -> Result<tonic::Response<Self::BidiStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("bench"))
+    }
+}
+
+/// One end-to-end contender: its own runtime, a tonic server on 127.0.0.1
+/// and a client, both with the contender's layers.
+struct E2e {
+    name: &'static str,
+    runtime: tokio::runtime::Runtime,
+    call: Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>,
+    best: f64,
+}
+
+const IN_FLIGHT: usize = 64;
+
+/// Builds one contender (a macro: tonic's layer bounds are long to spell).
+macro_rules! e2e_contender {
+    ($name:expr, $server_layer:expr, $client_layer:expr, $dispatch:expr $(,)?) => {{
+        let (name, server_layer, client_layer, dispatch): (
+            &'static str,
+            _,
+            _,
+            Option<tracing::Dispatch>,
+        ) = ($name, $server_layer, $client_layer, $dispatch);
+
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(2).enable_all();
+        if let Some(d) = dispatch {
+            builder.on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&d)));
+        }
+        let runtime = builder.build().unwrap();
+        let client = runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .layer(server_layer)
+                    .add_service(hello::greeter_server::GreeterServer::new(Greeter))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            let origin: http::Uri = format!("http://{addr}").parse().unwrap();
+            let channel = tonic::transport::Endpoint::from(origin.clone())
+                .connect()
+                .await
+                .unwrap();
+            hello::greeter_client::GreeterClient::with_origin(client_layer.layer(channel), origin)
+        });
+        let call = Arc::new(move || {
+            let mut client = client.clone();
+            Box::pin(async move {
+                let reply = client
+                    .say_hello(hello::HelloRequest {
+                        name: "bench".into(),
+                    })
+                    .await;
+                black_box(reply.is_ok());
+            }) as Pin<Box<dyn Future<Output = ()> + Send>>
+        });
+        E2e {
+            name,
+            runtime,
+            call,
+            best: 0.0,
+        }
+    }};
+}
+
+/// Calls per second with IN_FLIGHT calls always outstanding, for `duration`.
+fn e2e_round(c: &E2e, duration: Duration) -> f64 {
+    let call = c.call.clone();
+    c.runtime.block_on(async move {
+        let done = Arc::new(AtomicU64::new(0));
+        let stop = Instant::now() + duration;
+        let workers: Vec<_> = (0..IN_FLIGHT)
+            .map(|_| {
+                let call = call.clone();
+                let done = done.clone();
+                tokio::spawn(async move {
+                    while Instant::now() < stop {
+                        call().await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        done.load(Ordering::Relaxed) as f64 / duration.as_secs_f64()
+    })
+}
+
+fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) {
+    use tracing_subscriber::layer::SubscriberExt;
+    let ours = ours(sdk, Semconv::Stable);
+    let ttoc_dispatch = {
+        let subscriber =
+            tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(
+                tracing_opentelemetry::layer().with_tracer(sdk.tracer_provider.tracer("tracing")),
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("otel::tracing", tracing::Level::TRACE),
+            ));
+        tracing::Dispatch::new(subscriber)
+    };
+    let mut contenders = vec![
+        e2e_contender!(
+            "bare (no instrumentation)",
+            tower::layer::util::Identity::new(),
+            tower::layer::util::Identity::new(),
+            None
+        ),
+        e2e_contender!(
+            "otel-tower (server + client layers)",
+            ours.server_layer(),
+            ours.client_layer(),
+            None
+        ),
+        e2e_contender!(
+            "tonic-tracing-opentelemetry 0.42",
+            tonic_tracing_opentelemetry::middleware::server::OtelGrpcLayer::default(),
+            tonic_tracing_opentelemetry::middleware::client::OtelGrpcLayer,
+            Some(ttoc_dispatch),
+        ),
+    ];
+    for c in &contenders {
+        e2e_round(c, Duration::from_millis(200)); // warm up
+    }
+    for _ in 0..rounds {
+        for c in contenders.iter_mut() {
+            c.best = c.best.max(e2e_round(c, duration));
+        }
+    }
+    let bare = contenders[0].best;
+    println!(
+        "\n### End to end over loopback (tonic Greeter, {IN_FLIGHT} calls in flight, best of {rounds} x {duration:?})\n"
+    );
+    println!("| contender | calls/s | vs bare |");
+    println!("|---|---:|---:|");
+    for c in &contenders {
+        println!(
+            "| {} | {:.0} | {:.1}% |",
+            c.name,
+            c.best,
+            100.0 * c.best / bare
+        );
+    }
+}
+
 // ---------------------------------------------------------------- harness
 
 struct Contender {
@@ -578,6 +764,14 @@ fn main() {
 
     if std::env::args().any(|a| a == "--no-stream") {
         return;
+    }
+    if !std::env::args().any(|a| a == "--no-e2e") {
+        let quick = std::env::args().any(|a| a == "--quick");
+        end_to_end(
+            &sdk,
+            if quick { 3 } else { 6 },
+            Duration::from_millis(if quick { 300 } else { 1000 }),
+        );
     }
     let mut stream: Vec<Contender> = server_contenders(&sdk, 1000)
         .into_iter()
