@@ -50,8 +50,17 @@ fn feed_data<D: Buf>(call: &mut Call, data: &D) {
     }
     let mut slices = [IoSlice::new(&[]); 64];
     let n = data.chunks_vectored(&mut slices);
+    let seen: usize = slices[..n].iter().map(|s| s.len()).sum();
+    if seen < data.remaining() {
+        // Only part of the frame can be borrowed: count the bytes, stop
+        // parsing rather than parse out of step.
+        call.lose_sync();
+    }
     for slice in &slices[..n] {
         call.on_data(slice);
+    }
+    if seen < data.remaining() {
+        call.on_data_len(data.remaining() - seen);
     }
 }
 

@@ -63,6 +63,8 @@ pub(crate) struct Call {
     /// terminal message, which win.
     ending: Option<Ending>,
     end_stream_seen: bool,
+    /// Envelope parsing stopped (see `lose_sync`).
+    desynced: bool,
     /// The body's (or end-stream message's) content encoding, by name.
     content_encoding: Option<&'static [u8]>,
     error_body: Option<Vec<u8>>,
@@ -145,6 +147,7 @@ impl Call {
             http_status: 0,
             ending: None,
             end_stream_seen: false,
+            desynced: false,
             content_encoding: None,
             error_body: None,
             error_body_truncated: false,
@@ -165,6 +168,14 @@ impl Call {
             server_port: self.server_port,
             peer: self.peer,
         }
+    }
+
+    /// Part of a frame could not be read (a non-contiguous buffer with more
+    /// pieces than can be borrowed): envelope parsing stops, the outcome comes
+    /// from trailers, headers or the HTTP status.
+    pub fn lose_sync(&mut self) {
+        self.reader = Reader::Bytes;
+        self.desynced = true;
     }
 
     /// Whether the call has finished.
@@ -263,7 +274,10 @@ impl Call {
             Protocol::ConnectStream => head
                 .headers
                 .get(crate::wire::names::CONNECT_CONTENT_ENCODING),
-            _ => None,
+            Protocol::GrpcWeb | Protocol::GrpcWebText => {
+                head.headers.get(crate::wire::names::GRPC_ENCODING)
+            }
+            Protocol::Grpc => None,
         };
         // Only names matter: gzip is decoded, identity passes, anything else
         // is unsupported and classified from the HTTP status.
@@ -306,6 +320,11 @@ impl Call {
         if self.side == Side::Server && self.traced && self.config.propagate_response_header {
             self.config.propagator.inject(&self.cx, &mut head.headers);
         }
+    }
+
+    /// Bytes that passed without being read (see `lose_sync`).
+    pub fn on_data_len(&mut self, len: usize) {
+        self.body_bytes += len as u64;
     }
 
     /// A chunk of response body passed through.
@@ -351,8 +370,18 @@ impl Call {
             } => {
                 self.end_stream_seen = true;
                 self.ending = Some(if flags & envelope::FLAG_TRAILERS != 0 {
-                    self.capture_trailer_block(payload);
-                    self.grpc_web_trailers(payload)
+                    let block = if flags & envelope::FLAG_COMPRESSED != 0 {
+                        connect_error::decompress(
+                            payload,
+                            self.content_encoding,
+                            envelope::TERMINAL_CAP,
+                        )
+                    } else {
+                        None
+                    };
+                    let block = block.as_deref().unwrap_or(payload);
+                    self.capture_trailer_block(block);
+                    self.grpc_web_trailers(block)
                 } else {
                     self.connect_end_stream(flags, payload, truncated)
                 });
@@ -376,10 +405,16 @@ impl Call {
         self.capture_response(&map);
     }
 
-    fn grpc_web_trailers(&self, block: &[u8]) -> Ending {
-        let code = grpc_web::trailer(block, "grpc-status")
-            .map(|s| Code::from_grpc_status(s).unwrap_or(Code::Unknown))
-            .unwrap_or(Code::Unknown);
+    fn grpc_web_trailers(&mut self, block: &[u8]) -> Ending {
+        let Some(status) = grpc_web::trailer(block, "grpc-status") else {
+            // Trailers win, otherwise headers, otherwise UNKNOWN.
+            return self.ending.take().unwrap_or(Ending {
+                code: Some(Code::Unknown),
+                message: None,
+                not_modified: false,
+            });
+        };
+        let code = Code::from_grpc_status(status).unwrap_or(Code::Unknown);
         let message = grpc_web::trailer(block, "grpc-message")
             .map(|m| truncate(decode_grpc_message(m), MAX_STATUS_MESSAGE))
             .filter(|m| !m.is_empty());
@@ -517,7 +552,11 @@ impl Call {
                     from_http(self.http_status)
                 } else {
                     self.ending.take().unwrap_or(Ending {
-                        code: Some(Code::Internal),
+                        code: Some(if self.desynced {
+                            Code::Unknown
+                        } else {
+                            Code::Internal
+                        }),
                         message: Some("stream ended without an end-stream message".into()),
                         not_modified: false,
                     })
@@ -559,6 +598,14 @@ impl Call {
     /// the request's deadline has passed.
     pub fn on_abandoned(&mut self) {
         if self.done {
+            return;
+        }
+        // The outcome may already be known: the terminal message was read,
+        // or a trailers-only status came in the headers with no body at all.
+        let trailers_only =
+            self.protocol.is_grpc() && self.ending.is_some() && self.body_bytes == 0;
+        if self.end_stream_seen || trailers_only {
+            self.on_end();
             return;
         }
         let code = match self.deadline {
@@ -689,11 +736,7 @@ impl Drop for Call {
     fn drop(&mut self) {
         // A body dropped after its terminal message ended normally, even if
         // nobody polled it to the end.
-        if self.end_stream_seen {
-            self.on_end();
-        } else {
-            self.on_abandoned();
-        }
+        self.on_abandoned();
     }
 }
 

@@ -198,7 +198,9 @@ where
                     attributes: Some(attributes),
                     ..Default::default()
                 };
-                let span = if public && parent_sc.is_valid() {
+                // Only a caller's (remote) span is distrusted; a local parent made by
+                // another layer stays the parent.
+                let span = if public && parent_sc.is_valid() && parent_sc.is_remote() {
                     builder.links = Some(vec![Link::with_context(parent_sc)]);
                     tracer.build_with_context(builder, &Context::new())
                 } else {

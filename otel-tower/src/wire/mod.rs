@@ -18,6 +18,7 @@ pub(crate) mod names {
     use http::HeaderName;
     pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
     pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+    pub const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
     pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
     pub const CONNECT_TIMEOUT_MS: HeaderName = HeaderName::from_static("connect-timeout-ms");
     pub const CONNECT_PROTOCOL_VERSION: HeaderName =

@@ -1,0 +1,205 @@
+//! Edge cases of outcome classification: gRPC-Web trailer blocks without a
+//! status or compressed, body errors after the terminal message, buffers
+//! that cannot be read in one piece, and trust with local parents.
+
+mod support;
+
+use std::convert::Infallible;
+use std::io::Write;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use bytes::{Buf, Bytes};
+use http::{Request, Response};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt, Full};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider};
+use support::*;
+use tower::{ServiceBuilder, ServiceExt};
+
+fn request(content_type: &str) -> Request<Full<Bytes>> {
+    Request::post("http://127.0.0.1:1/pkg.Svc/M")
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(envelope(0, b"q"))))
+        .unwrap()
+}
+
+/// Runs one in-process call through the client layer with `response`.
+async fn call_with<B>(
+    t: &Telemetry,
+    content_type: &str,
+    response: impl Fn() -> Response<B> + Clone + Send + 'static,
+) where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: std::fmt::Debug,
+{
+    let svc = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+        let r = response.clone();
+        async move { Ok::<_, Infallible>(r()) }
+    });
+    let client = ServiceBuilder::new()
+        .layer(t.instrumentation().client_layer())
+        .service(svc);
+    let response = client.oneshot(request(content_type)).await.unwrap();
+    let _ = response.into_body().collect().await;
+}
+
+#[tokio::test]
+async fn grpc_web_trailer_block_without_status_falls_back_to_headers() {
+    let t = Telemetry::new();
+    call_with(&t, "application/grpc-web+proto", || {
+        Response::builder()
+            .header("content-type", "application/grpc-web+proto")
+            .header("grpc-status", "9")
+            .body(Full::new(Bytes::from(envelope(0x80, b"x-other: 1\r\n"))))
+            .unwrap()
+    })
+    .await;
+    assert_eq!(
+        attrs(&t.span(SpanKind::Client))["rpc.status_code"],
+        "FAILED_PRECONDITION"
+    );
+}
+
+#[tokio::test]
+async fn compressed_grpc_web_trailer_block_is_decoded() {
+    let t = Telemetry::new();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(b"grpc-status: 8\r\ngrpc-message: slow%20down\r\n")
+        .unwrap();
+    let block = gz.finish().unwrap();
+    call_with(&t, "application/grpc-web+proto", move || {
+        Response::builder()
+            .header("content-type", "application/grpc-web+proto")
+            .header("grpc-encoding", "gzip")
+            .body(Full::new(Bytes::from(envelope(0x81, &block))))
+            .unwrap()
+    })
+    .await;
+    let span = t.span(SpanKind::Client);
+    assert_eq!(attrs(&span)["rpc.status_code"], "RESOURCE_EXHAUSTED");
+    assert_eq!(
+        span.status,
+        opentelemetry::trace::Status::error("slow down")
+    );
+}
+
+/// A body that yields its frames, then fails.
+struct ThenFail(Vec<Bytes>);
+
+impl Body for ThenFail {
+    type Data = Bytes;
+    type Error = std::io::Error;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.0.is_empty() {
+            return Poll::Ready(Some(Err(std::io::Error::other("reset"))));
+        }
+        Poll::Ready(Some(Ok(Frame::data(self.0.remove(0)))))
+    }
+}
+
+#[tokio::test]
+async fn body_error_after_the_end_stream_message_keeps_its_outcome() {
+    let t = Telemetry::new();
+    call_with(&t, "application/connect+proto", || {
+        let end = envelope(0x02, br#"{"error":{"code":"aborted"}}"#);
+        Response::builder()
+            .header("content-type", "application/connect+proto")
+            .body(ThenFail(vec![
+                Bytes::from(envelope(0, b"m")),
+                Bytes::from(end),
+            ]))
+            .unwrap()
+    })
+    .await;
+    assert_eq!(
+        attrs(&t.span(SpanKind::Client))["rpc.status_code"],
+        "aborted"
+    );
+}
+
+/// A buffer in two pieces that only lends its first through
+/// `chunks_vectored` (the trait's default).
+struct TwoPieces(Bytes, Bytes);
+
+impl Buf for TwoPieces {
+    fn remaining(&self) -> usize {
+        self.0.len() + self.1.len()
+    }
+    fn chunk(&self) -> &[u8] {
+        if self.0.is_empty() { &self.1 } else { &self.0 }
+    }
+    fn advance(&mut self, mut cnt: usize) {
+        let first = cnt.min(self.0.len());
+        self.0.advance(first);
+        cnt -= first;
+        self.1.advance(cnt);
+    }
+}
+
+struct Pieces(Option<TwoPieces>);
+
+impl Body for Pieces {
+    type Data = TwoPieces;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<TwoPieces>, Infallible>>> {
+        Poll::Ready(self.0.take().map(|d| Ok(Frame::data(d))))
+    }
+}
+
+#[tokio::test]
+async fn unreadable_buffers_stop_parsing_instead_of_misparsing() {
+    let t = Telemetry::new();
+    call_with(&t, "application/connect+proto", || {
+        // The end-stream message sits in the piece the layer cannot borrow.
+        let first = Bytes::from(envelope(0, b"m"));
+        let second = Bytes::from(envelope(0x02, b"{}"));
+        Response::builder()
+            .header("content-type", "application/connect+proto")
+            .body(Pieces(Some(TwoPieces(first, second))))
+            .unwrap()
+    })
+    .await;
+    // Not a made-up `internal` from a parser out of step: unknown.
+    assert_eq!(
+        attrs(&t.span(SpanKind::Client))["rpc.status_code"],
+        "unknown"
+    );
+}
+
+#[tokio::test]
+async fn public_endpoint_keeps_a_local_parent() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation().with_public_endpoint();
+    let tracer = t.tracer_provider.tracer("outer");
+    let outer = opentelemetry::Context::new().with_span(tracer.start("outer-layer"));
+    let outer_id = outer.span().span_context().span_id();
+    let svc = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "application/proto")
+                .body(Full::new(Bytes::from_static(b"ok")))
+                .unwrap(),
+        )
+    });
+    let server = ServiceBuilder::new()
+        .layer(otel.server_layer())
+        .service(svc);
+    let mut req = request("application/proto");
+    req.extensions_mut().insert(outer.clone());
+    let response = server.oneshot(req).await.unwrap();
+    let _ = response.into_body().collect().await;
+    let span = t.span(SpanKind::Server);
+    assert_eq!(
+        span.parent_span_id, outer_id,
+        "a local span from another layer is trusted"
+    );
+    assert_eq!(span.links.iter().count(), 0);
+}
