@@ -464,6 +464,18 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) {
             None
         ),
         e2e_contender!(
+            "otel-tower, metrics only",
+            ours.clone().without_tracing().server_layer(),
+            ours.clone().without_tracing().client_layer(),
+            None
+        ),
+        e2e_contender!(
+            "otel-tower, tracing only",
+            ours.clone().without_metrics().server_layer(),
+            ours.clone().without_metrics().client_layer(),
+            None
+        ),
+        e2e_contender!(
             "tonic-tracing-opentelemetry 0.42",
             tonic_tracing_opentelemetry::middleware::server::OtelGrpcLayer::default(),
             tonic_tracing_opentelemetry::middleware::client::OtelGrpcLayer,
@@ -744,6 +756,10 @@ fn main() {
             .unwrap_or(1)
     );
 
+    if std::env::args().any(|a| a == "--e2e-only") {
+        end_to_end(&sdk, opts.rounds, Duration::from_millis(1000));
+        return;
+    }
     let mut server = server_contenders(&sdk, 1);
     measure(&mut server, opts.rounds, opts.calls);
     report(
