@@ -203,3 +203,36 @@ async fn public_endpoint_keeps_a_local_parent() {
     );
     assert_eq!(span.links.iter().count(), 0);
 }
+
+#[tokio::test]
+async fn b3_do_not_sample_without_ids_records_no_span_but_metrics() {
+    let t = Telemetry::new();
+    let otel = t
+        .instrumentation()
+        .with_propagator(otel_tower::propagation::B3::single());
+    let svc = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "application/proto")
+                .body(Full::new(Bytes::from_static(b"ok")))
+                .unwrap(),
+        )
+    });
+    let server = ServiceBuilder::new()
+        .layer(otel.server_layer())
+        .service(svc);
+    for (b3, spans) in [("0", 0), ("1", 1)] {
+        t.spans.reset();
+        let mut req = request("application/proto");
+        req.headers_mut().insert("b3", b3.parse().unwrap());
+        let response = server.clone().oneshot(req).await.unwrap();
+        let _ = response.into_body().collect().await;
+        assert_eq!(t.finished_spans().len(), spans, "b3: {b3}");
+    }
+    let points = t.histogram("rpc.server.call.duration");
+    assert_eq!(
+        points.iter().map(|p| p.count).sum::<u64>(),
+        2,
+        "metrics for both calls"
+    );
+}
