@@ -72,6 +72,8 @@ pub(crate) struct Call {
     body_bytes: u64,
     messages: u64,
     legacy_base: Option<Vec<KeyValue>>,
+    /// Captured response header values so far (headers, then trailers).
+    response_values: Vec<Vec<StringValue>>,
     done: bool,
 }
 
@@ -154,6 +156,7 @@ impl Call {
             body_bytes: 0,
             messages: 0,
             legacy_base: None,
+            response_values: Vec::new(),
             done: false,
         }
     }
@@ -195,9 +198,13 @@ impl Call {
         system: RpcSystem,
         config: &Config,
         out: &mut impl Extend<KeyValue>,
+        mut seen: Option<&mut Vec<Vec<StringValue>>>,
     ) {
-        for h in captured {
-            let values: Vec<StringValue> = headers
+        if let Some(seen) = seen.as_deref_mut() {
+            seen.resize(captured.len(), Vec::new());
+        }
+        for (i, h) in captured.iter().enumerate() {
+            let mut values: Vec<StringValue> = headers
                 .get_all(&h.name)
                 .iter()
                 .map(|v| {
@@ -210,6 +217,11 @@ impl Call {
                 .collect();
             if values.is_empty() {
                 continue;
+            }
+            // Response headers and trailers are one list of values per name.
+            if let Some(seen) = seen.as_deref_mut() {
+                seen[i].append(&mut values);
+                values = seen[i].clone();
             }
             let array = || Value::Array(opentelemetry::Array::String(values.clone()));
             if config.mode.stable() {
@@ -225,18 +237,21 @@ impl Call {
         }
     }
 
-    fn capture_response(&self, headers: &HeaderMap) {
+    fn capture_response(&mut self, headers: &HeaderMap) {
         if !self.traced || self.config.response_headers.is_empty() {
             return;
         }
         let mut attrs = Attrs::new();
+        let mut seen = std::mem::take(&mut self.response_values);
         Call::captured(
             headers,
             &self.config.response_headers,
             self.system,
             &self.config,
             &mut attrs,
+            Some(&mut seen),
         );
+        self.response_values = seen;
         self.filter_attributes(&mut attrs);
         if !attrs.is_empty() {
             self.cx.span().set_attributes(attrs);
@@ -389,7 +404,7 @@ impl Call {
         }
     }
 
-    fn capture_trailer_block(&self, block: &[u8]) {
+    fn capture_trailer_block(&mut self, block: &[u8]) {
         if !self.traced || self.config.response_headers.is_empty() {
             return;
         }
@@ -746,6 +761,6 @@ mod tests {
     fn call_state_stays_small() {
         // It is moved from the service into the future and then the body.
         let size = std::mem::size_of::<super::Call>();
-        assert!(size <= 480, "Call is {size} bytes");
+        assert!(size <= 512, "Call is {size} bytes");
     }
 }

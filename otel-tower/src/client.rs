@@ -135,6 +135,7 @@ where
                         system,
                         config,
                         &mut attributes,
+                        None,
                     );
                 }
                 if let Some(filter) = &config.attribute_filter {

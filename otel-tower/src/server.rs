@@ -186,6 +186,7 @@ where
                         system,
                         config,
                         &mut attributes,
+                        None,
                     );
                 }
                 if let Some(filter) = &config.attribute_filter {

@@ -236,3 +236,51 @@ async fn b3_do_not_sample_without_ids_records_no_span_but_metrics() {
         "metrics for both calls"
     );
 }
+
+/// A body of one data frame and then trailers.
+struct WithTrailers(Option<Bytes>, Option<http::HeaderMap>);
+
+impl Body for WithTrailers {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(d) = self.0.take() {
+            return Poll::Ready(Some(Ok(Frame::data(d))));
+        }
+        Poll::Ready(self.1.take().map(|t| Ok(Frame::trailers(t))))
+    }
+}
+
+#[tokio::test]
+async fn captured_response_headers_and_trailers_join_in_one_attribute() {
+    let t = Telemetry::new();
+    let svc = tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .header("x-h", "from-headers")
+                .body(WithTrailers(
+                    Some(Bytes::from(envelope(0, b"m"))),
+                    Some(trailers(&[("grpc-status", "0"), ("x-h", "from-trailers")])),
+                ))
+                .unwrap(),
+        )
+    });
+    let client = ServiceBuilder::new()
+        .layer(
+            t.instrumentation()
+                .with_trace_response_header(["x-h"])
+                .client_layer(),
+        )
+        .service(svc);
+    let response = client.oneshot(request("application/grpc")).await.unwrap();
+    let _ = response.into_body().collect().await;
+    let span = t.span(SpanKind::Client);
+    assert_eq!(
+        attrs(&span)["rpc.response.metadata.x-h"],
+        r#"["from-headers","from-trailers"]"#
+    );
+}
