@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{Link, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use crate::instrumentation::{CapturedHeader, Config};
@@ -14,6 +15,7 @@ use crate::request::RpcRequest;
 use crate::semconv::{Attrs, Ending, Facts, MethodNames, Side, keys};
 use crate::wire::connect_error::{self, ERROR_BODY_CAP};
 use crate::wire::envelope::{self, Base64Stream, EnvelopeEvent, EnvelopeParser};
+use crate::wire::timeout::request_timeout;
 use crate::wire::{Code, Protocol, RpcSystem, decode_grpc_message, grpc_web};
 
 /// Longest status message kept as a span status description (bytes); longer
@@ -77,12 +79,63 @@ pub(crate) struct Call {
     done: bool,
 }
 
+/// What a layer knows about a call as it begins.
+pub(crate) struct Begin<'a> {
+    pub config: &'a Arc<Config>,
+    pub side: Side,
+    pub protocol: Protocol,
+    pub system: RpcSystem,
+    pub method: MethodNames,
+    /// Whether `method` came from the interned cache.
+    pub cached: bool,
+    pub parts: &'a http::request::Parts,
+    /// The tracer, when this call gets a span.
+    pub tracer: Option<&'a BoxedTracer>,
+    pub parent: Context,
+    /// Server: the client's socket address, when peer attributes are on.
+    pub peer: Option<SocketAddr>,
+    /// Server: the caller is not trusted (new trace with a link).
+    pub public: bool,
+    /// Connect unary: the request body size, when known.
+    pub request_size: Option<u64>,
+    pub start: Instant,
+    pub start_time: SystemTime,
+}
+
+/// Host and port of the authority the request addresses: the URI's
+/// authority (`:authority` in HTTP/2) or the `Host` header.
+fn authority_host_port(
+    parts: &http::request::Parts,
+    hosts: &crate::instrumentation::HostCache,
+) -> Option<(StringValue, Option<i64>)> {
+    let parsed;
+    let authority = match parts.uri.authority() {
+        Some(a) => a,
+        None => {
+            parsed = parts
+                .headers
+                .get(http::header::HOST)?
+                .to_str()
+                .ok()?
+                .parse::<http::uri::Authority>()
+                .ok()?;
+            &parsed
+        }
+    };
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Some((hosts.get(host), authority.port_u16().map(i64::from)))
+}
+
 /// How long after the call started its deadline counts as passed: the
 /// timeout less a small grace (a twentieth, at most 20 ms), because the
 /// peer's clock started earlier (server) or gives up at the same instant
 /// (client) and a cancel arriving just before our copy of the deadline is
 /// still the deadline.
-pub(crate) fn deadline_with_grace(timeout: std::time::Duration) -> std::time::Duration {
+fn deadline_with_grace(timeout: std::time::Duration) -> std::time::Duration {
     let grace = (timeout / 20).min(std::time::Duration::from_millis(20));
     timeout - grace
 }
@@ -114,37 +167,86 @@ fn header_ending(headers: &HeaderMap) -> Option<Ending> {
 }
 
 impl Call {
-    /// A call that has started; the reader is set up by [`Call::on_response`].
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        config: Arc<Config>,
-        side: Side,
-        protocol: Protocol,
-        system: RpcSystem,
-        method: MethodNames,
-        admit_path: Option<Box<str>>,
-        cx: Context,
-        traced: bool,
-        start: Instant,
-        start_time: SystemTime,
-    ) -> Self {
+    /// Starts a call: its span (when traced) as a child of `b.parent`, and
+    /// the state that watches the response. The span context is `call.cx`.
+    pub fn begin(b: Begin<'_>) -> Self {
+        let config = b.config;
+        let (server_address, server_port) = match authority_host_port(b.parts, &config.hosts) {
+            Some((host, port)) => (Some(host), port),
+            None => (None, None),
+        };
+        let (cx, traced) = match b.tracer {
+            Some(tracer) => {
+                let facts = Facts {
+                    mode: config.mode,
+                    side: b.side,
+                    system: b.system,
+                    method: &b.method,
+                    server_address: server_address.as_ref(),
+                    server_port,
+                    peer: b.peer,
+                };
+                // Room for the attributes added when the call ends.
+                let mut attributes = Vec::with_capacity(12 + config.request_headers.len());
+                facts.start_attributes(&mut attributes);
+                if !config.request_headers.is_empty() {
+                    Call::captured(
+                        &b.parts.headers,
+                        &config.request_headers,
+                        b.system,
+                        config,
+                        &mut attributes,
+                        None,
+                    );
+                }
+                if let Some(filter) = &config.attribute_filter {
+                    let view = RpcRequest::new(b.parts, b.protocol, b.system, &b.method, b.side);
+                    attributes.retain(|kv| filter(&view, kv));
+                }
+                let mut builder = SpanBuilder {
+                    name: facts.span_name(),
+                    span_kind: Some(match b.side {
+                        Side::Server => SpanKind::Server,
+                        Side::Client => SpanKind::Client,
+                    }),
+                    start_time: Some(b.start_time),
+                    attributes: Some(attributes),
+                    ..Default::default()
+                };
+                // An untrusted caller's (remote) span becomes a link of a new
+                // trace; a local parent made by another layer stays the parent.
+                let parent_sc = b.parent.span().span_context().clone();
+                let span = if b.public && parent_sc.is_valid() && parent_sc.is_remote() {
+                    builder.links = Some(vec![Link::with_context(parent_sc)]);
+                    tracer.build_with_context(builder, &Context::new())
+                } else {
+                    tracer.build_with_context(builder, &b.parent)
+                };
+                (b.parent.with_span(span), true)
+            }
+            None => (b.parent, false),
+        };
         Call {
-            config,
-            side,
-            protocol,
-            system,
-            method,
-            admit_path,
+            config: config.clone(),
+            side: b.side,
+            protocol: b.protocol,
+            system: b.system,
+            admit_path: (!b.cached).then(|| b.parts.uri.path().into()),
+            method: b.method,
             cx,
             traced,
-            start,
-            start_time,
-            deadline: None,
-            server_address: None,
-            server_port: None,
-            peer: None,
-            request_size: None,
-            filter_parts: None,
+            start: b.start,
+            start_time: b.start_time,
+            deadline: request_timeout(&b.parts.headers, b.protocol)
+                .and_then(|t| b.start.checked_add(deadline_with_grace(t))),
+            server_address,
+            server_port,
+            peer: b.peer,
+            request_size: b.request_size,
+            filter_parts: config
+                .attribute_filter
+                .as_ref()
+                .map(|_| Box::new(b.parts.clone())),
             reader: Reader::Pending,
             http_status: 0,
             ending: None,
@@ -264,15 +366,7 @@ impl Call {
         else {
             return;
         };
-        let req = RpcRequest {
-            parts,
-            protocol: self.protocol,
-            system: self.system,
-            method: self.method.full.as_str(),
-            service: self.method.service.as_str(),
-            method_name: self.method.short.as_str(),
-            client: self.side == Side::Client,
-        };
+        let req = RpcRequest::new(parts, self.protocol, self.system, &self.method, self.side);
         attrs.retain(|kv| filter(&req, kv));
     }
 

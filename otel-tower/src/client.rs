@@ -5,18 +5,16 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Instant, SystemTime};
 
 use opentelemetry::Context;
-use opentelemetry::trace::{SpanBuilder, SpanKind, TraceContextExt, Tracer};
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{ResponseBody, ResponseFuture};
-use crate::call::Call;
+use crate::call::{Begin, Call};
 use crate::instrumentation::Config;
 use crate::request::RpcRequest;
-use crate::semconv::{Facts, Side};
-use crate::server::authority_host_port;
+use crate::semconv::Side;
+use crate::server::content_length;
 use crate::wire::Protocol;
-use crate::wire::timeout::request_timeout;
 
 /// Instruments outgoing gRPC, gRPC-Web and Connect calls and injects the
 /// call's context into the request headers; other requests pass through.
@@ -93,15 +91,7 @@ where
             .unwrap_or_else(Context::current);
         let (method, cached) = config.methods.lookup(parts.uri.path());
         let system = config.rpc_system.unwrap_or(protocol.system());
-        let view = RpcRequest {
-            parts: &parts,
-            protocol,
-            system,
-            method: method.full.as_str(),
-            service: method.service.as_str(),
-            method_name: method.short.as_str(),
-            client: true,
-        };
+        let view = RpcRequest::new(&parts, protocol, system, &method, Side::Client);
         let instrumented = config.filter.as_ref().is_none_or(|f| f(&view));
         let tracer = config.tracer.as_ref().filter(|_| instrumented);
         let metered = instrumented && config.client_instruments.is_some();
@@ -111,79 +101,31 @@ where
             return ResponseFuture::new(self.inner.call(req), None, None);
         }
 
-        let (server_address, server_port) = match authority_host_port(&parts, &config.hosts) {
-            Some((host, port)) => (Some(host), port),
-            None => (None, None),
-        };
-        let (cx, traced) = match tracer {
-            Some(tracer) => {
-                let facts = Facts {
-                    mode: config.mode,
-                    side: Side::Client,
-                    system,
-                    method: &method,
-                    server_address: server_address.as_ref(),
-                    server_port,
-                    peer: None,
-                };
-                let mut attributes = Vec::with_capacity(12 + config.request_headers.len());
-                facts.start_attributes(&mut attributes);
-                if !config.request_headers.is_empty() {
-                    Call::captured(
-                        &parts.headers,
-                        &config.request_headers,
-                        system,
-                        config,
-                        &mut attributes,
-                        None,
-                    );
-                }
-                if let Some(filter) = &config.attribute_filter {
-                    attributes.retain(|kv| filter(&view, kv));
-                }
-                let builder = SpanBuilder {
-                    name: facts.span_name(),
-                    span_kind: Some(SpanKind::Client),
-                    start_time: Some(start_time),
-                    attributes: Some(attributes),
-                    ..Default::default()
-                };
-                let span = tracer.build_with_context(builder, &parent);
-                (parent.with_span(span), true)
-            }
-            None => (parent, false),
-        };
-        config.propagator.inject(&cx, &mut parts.headers);
-
-        let filter_parts = config
-            .attribute_filter
-            .as_ref()
-            .map(|_| Box::new(parts.clone()));
-        let mut call = Call::new(
-            config.clone(),
-            Side::Client,
+        let request_size = matches!(protocol, Protocol::ConnectUnary | Protocol::ConnectGet)
+            .then(|| {
+                body.size_hint()
+                    .exact()
+                    .or_else(|| content_length(&parts.headers))
+            })
+            .flatten();
+        let call = Call::begin(Begin {
+            config,
+            side: Side::Client,
             protocol,
             system,
             method,
-            (!cached).then(|| parts.uri.path().into()),
-            cx,
-            traced,
+            cached,
+            parts: &parts,
+            tracer,
+            parent,
+            peer: None,
+            public: false,
+            request_size,
             start,
             start_time,
-        );
-        call.deadline = request_timeout(&parts.headers, protocol)
-            .and_then(|t| start.checked_add(crate::call::deadline_with_grace(t)));
-        call.server_address = server_address;
-        call.server_port = server_port;
-        call.filter_parts = filter_parts;
-        if matches!(protocol, Protocol::ConnectUnary | Protocol::ConnectGet) {
-            call.request_size = body.size_hint().exact().or_else(|| {
-                parts
-                    .headers
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok())
-            });
-        }
+        });
+        // The injected parent is the client span (or the parent when untraced).
+        config.propagator.inject(&call.cx, &mut parts.headers);
         let req = http::Request::from_parts(parts, body);
         ResponseFuture::new(self.inner.call(req), Some(call), None)
     }

@@ -1,5 +1,6 @@
 //! `RpcRequest`: the borrowed view of one call that filters and hooks receive.
 
+use crate::semconv::{MethodNames, Side};
 use crate::wire::{Protocol, RpcSystem};
 
 /// A borrowed view of one call, handed to filters
@@ -18,6 +19,24 @@ pub struct RpcRequest<'a> {
 }
 
 impl<'a> RpcRequest<'a> {
+    pub(crate) fn new(
+        parts: &'a http::request::Parts,
+        protocol: Protocol,
+        system: RpcSystem,
+        method: &'a MethodNames,
+        side: Side,
+    ) -> Self {
+        RpcRequest {
+            parts,
+            protocol,
+            system,
+            method: method.full.as_str(),
+            service: method.service.as_str(),
+            method_name: method.short.as_str(),
+            client: side == Side::Client,
+        }
+    }
+
     /// The wire protocol.
     pub fn protocol(&self) -> Protocol {
         self.protocol
