@@ -557,3 +557,35 @@ async fn known_methods_rpc_system_and_signal_switches() {
     t.wait_spans(2).await;
     assert!(t.histograms().is_empty());
 }
+
+#[tokio::test]
+async fn unimplemented_is_renamed_to_other_in_every_mode() {
+    let path = "/observability.ping.v1.PingService/Unimplemented";
+    let original = "observability.ping.v1.PingService/Unimplemented";
+    for mode in [Semconv::Stable, Semconv::Legacy, Semconv::Both] {
+        let t = Telemetry::new();
+        let otel = t.instrumentation_with(mode).without_trace_events();
+        let addr = serve(otel.server_layer(), Arc::new(ping_server_response)).await;
+        call_once(&otel, addr, connect_request(addr, path)).await;
+        t.wait_spans(2).await;
+        let server = attrs(&t.span(SpanKind::Server));
+        assert_eq!(server["rpc.method"], "_OTHER", "{mode:?}");
+        assert_eq!(
+            server.get("rpc.method_original").map(String::as_str),
+            mode.stable().then_some(original),
+            "{mode:?}"
+        );
+        assert_eq!(
+            server.get("rpc.service").map(String::as_str),
+            mode.legacy().then_some("_OTHER"),
+            "{mode:?}"
+        );
+        for p in t.histograms() {
+            assert_eq!(
+                p.attributes.get("rpc.method").map(String::as_str),
+                Some("_OTHER"),
+                "{mode:?} {p:?}"
+            );
+        }
+    }
+}

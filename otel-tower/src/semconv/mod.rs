@@ -219,24 +219,24 @@ impl Facts<'_> {
         renamed_to_other: bool,
         out: &mut impl Extend<KeyValue>,
     ) {
-        if self.mode.stable() {
-            if renamed_to_other {
-                out.extend_one_kv(KeyValue::new(RPC_METHOD, OTHER));
+        if renamed_to_other {
+            // `rpc.method` is the stable key's in Both mode, the short name's in Legacy.
+            out.extend_one_kv(KeyValue::new(RPC_METHOD, OTHER));
+            if self.mode.stable() {
                 out.extend_one_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
             }
+            if self.mode.legacy() {
+                out.extend_one_kv(KeyValue::new(RPC_SERVICE, OTHER));
+            }
+        }
+        if self.mode.stable() {
             self.stable_status(ending, out);
-        } else if self.mode.legacy() && renamed_to_other {
-            out.extend_one_kv(KeyValue::new(RPC_SERVICE, OTHER));
-            out.extend_one_kv(KeyValue::new(RPC_METHOD, OTHER));
         }
         if self.mode.legacy() {
             self.legacy_status(ending, out);
             if ending.not_modified {
                 out.extend_one_kv(KeyValue::new(HTTP_STATUS_CODE, 304i64));
             }
-        }
-        if self.mode.legacy() && self.mode.stable() && renamed_to_other {
-            out.extend_one_kv(KeyValue::new(RPC_SERVICE, OTHER));
         }
     }
 
