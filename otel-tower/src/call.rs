@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::global::BoxedTracer;
-use opentelemetry::trace::{Link, SpanBuilder, SpanKind, Status, TraceContextExt, Tracer};
+use opentelemetry::trace::{Link, SpanBuilder, SpanKind, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
-use crate::instrumentation::{CapturedHeader, Config};
+use crate::instrumentation::{CapturedHeader, Config, StartSpan};
 use crate::request::RpcRequest;
-use crate::semconv::{Attrs, Ending, Facts, MethodNames, Side, keys};
+use crate::semconv::{Attrs, Ending, Facts, MethodRef, Side, keys};
 use crate::wire::connect_error::{self, ERROR_BODY_CAP};
 use crate::wire::envelope::{self, Base64Stream, EnvelopeEvent, EnvelopeParser};
 use crate::wire::timeout::request_timeout;
@@ -43,7 +42,7 @@ pub(crate) struct Call {
     pub side: Side,
     pub protocol: Protocol,
     pub system: RpcSystem,
-    pub method: MethodNames,
+    pub method: MethodRef,
     /// The path to intern when the call shows the method exists.
     pub admit_path: Option<Box<str>>,
     /// The context of the call: its span when traced, else the parent.
@@ -85,12 +84,12 @@ pub(crate) struct Begin<'a> {
     pub side: Side,
     pub protocol: Protocol,
     pub system: RpcSystem,
-    pub method: MethodNames,
+    pub method: MethodRef,
     /// Whether `method` came from the interned cache.
     pub cached: bool,
     pub parts: &'a http::request::Parts,
     /// The tracer, when this call gets a span.
-    pub tracer: Option<&'a BoxedTracer>,
+    pub tracer: Option<&'a dyn StartSpan>,
     pub parent: Context,
     /// Server: the client's socket address, when peer attributes are on.
     pub peer: Option<SocketAddr>,
@@ -216,13 +215,13 @@ impl Call {
                 // An untrusted caller's (remote) span becomes a link of a new
                 // trace; a local parent made by another layer stays the parent.
                 let parent_sc = b.parent.span().span_context().clone();
-                let span = if b.public && parent_sc.is_valid() && parent_sc.is_remote() {
+                let cx = if b.public && parent_sc.is_valid() && parent_sc.is_remote() {
                     builder.links = Some(vec![Link::with_context(parent_sc)]);
-                    tracer.build_with_context(builder, &Context::new())
+                    tracer.start(builder, &Context::new(), &b.parent)
                 } else {
-                    tracer.build_with_context(builder, &b.parent)
+                    tracer.start(builder, &b.parent, &b.parent)
                 };
-                (b.parent.with_span(span), true)
+                (cx, true)
             }
             None => (b.parent, false),
         };

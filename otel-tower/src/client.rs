@@ -93,7 +93,7 @@ where
         let system = config.rpc_system.unwrap_or(protocol.system());
         let view = RpcRequest::new(&parts, protocol, system, &method, Side::Client);
         let instrumented = config.filter.as_ref().is_none_or(|f| f(&view));
-        let tracer = config.tracer.as_ref().filter(|_| instrumented);
+        let tracer = config.tracer.as_deref().filter(|_| instrumented);
         let metered = instrumented && config.client_instruments.is_some();
         if tracer.is_none() && !metered {
             config.propagator.inject(&parent, &mut parts.headers);

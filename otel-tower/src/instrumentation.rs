@@ -1,26 +1,29 @@
 //! `Instrumentation`: the options, resolved once into a shared `Config`.
 
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 use http::HeaderName;
-use opentelemetry::global::{BoxedTracer, ObjectSafeTracerProvider};
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider;
 use opentelemetry::{InstrumentationScope, Key, KeyValue, StringValue};
 
+use crate::intern::InternTable;
 use crate::propagation::{DefaultPropagator, Propagation};
 use crate::request::RpcRequest;
-use crate::semconv::{MethodNames, Semconv, Side, SideInstruments, keys};
+use crate::semconv::{MethodNames, MethodRef, Semconv, Side, SideInstruments, keys};
 use crate::wire::{Procedure, RpcSystem};
 use crate::{ClientLayer, ServerLayer};
 
 type Predicate = Arc<dyn Fn(&RpcRequest<'_>) -> bool + Send + Sync>;
 type AttributePredicate = Arc<dyn Fn(&RpcRequest<'_>, &KeyValue) -> bool + Send + Sync>;
+/// Makes the tracer of a provider given at configuration time, keeping its
+/// concrete type (see [`StartSpan`]).
+type TracerFactory = Arc<dyn Fn(InstrumentationScope) -> Arc<dyn StartSpan> + Send + Sync>;
 type PeerAddrFn = Arc<dyn Fn(&http::Extensions) -> Option<SocketAddr> + Send + Sync>;
 
 /// How many distinct methods get pre-built names (interned once, shared by
@@ -30,7 +33,7 @@ const METHOD_CACHE_CAP: usize = 1024;
 
 #[derive(Clone)]
 struct Options {
-    tracer_provider: Option<Arc<dyn ObjectSafeTracerProvider + Send + Sync>>,
+    tracer_provider: Option<TracerFactory>,
     meter_provider: Option<Arc<dyn MeterProvider + Send + Sync>>,
     propagator: Option<Propagation>,
     filter: Option<Predicate>,
@@ -141,7 +144,10 @@ impl Instrumentation {
         P::Tracer: Send + Sync + 'static,
         <P::Tracer as opentelemetry::trace::Tracer>::Span: Send + Sync + 'static,
     {
-        self.edit(|o| o.tracer_provider = Some(Arc::new(provider)))
+        let factory: TracerFactory = Arc::new(move |scope| {
+            Arc::new(ConcreteTracer(provider.tracer_with_scope(scope))) as Arc<dyn StartSpan>
+        });
+        self.edit(|o| o.tracer_provider = Some(factory))
     }
 
     /// Records metrics with this provider (default: the global provider).
@@ -359,66 +365,50 @@ impl CapturedHeader {
     }
 }
 
-/// FNV-1a: a fast hash for the short keys of the caches below (their
-/// contents are bounded, so flooding only costs the cap).
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FnvHasher(u64);
-
-impl std::hash::Hasher for FnvHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-}
-
-type Fnv = std::hash::BuildHasherDefault<FnvHasher>;
-
 /// Most distinct hosts interned for `server.address`.
 const HOST_CACHE_CAP: usize = 256;
 
 /// Interned `server.address` values: one shared string per host.
-#[derive(Default)]
 pub(crate) struct HostCache {
-    map: RwLock<HashMap<Box<str>, StringValue, Fnv>>,
+    table: InternTable<&'static str>,
+}
+
+impl Default for HostCache {
+    fn default() -> Self {
+        HostCache {
+            table: InternTable::new(HOST_CACHE_CAP),
+        }
+    }
 }
 
 impl HostCache {
-    /// The shared value for `host`.
+    /// The shared value for `host`. Interned strings are leaked on purpose:
+    /// at most `HOST_CACHE_CAP` of them, so cloning the value per call never
+    /// touches a shared reference count.
     pub fn get(&self, host: &str) -> StringValue {
-        if let Some(v) = self.map.read().ok().and_then(|m| m.get(host).cloned()) {
-            return v;
+        if let Some(v) = self.table.get(host) {
+            return StringValue::from(*v);
         }
-        let value = StringValue::from(Arc::<str>::from(host));
-        if let Ok(mut map) = self.map.write()
-            && map.len() < HOST_CACHE_CAP
+        match self
+            .table
+            .insert(host, || Box::leak(host.to_owned().into_boxed_str()))
         {
-            map.insert(host.into(), value.clone());
+            Some(v) => StringValue::from(*v),
+            None => StringValue::from(Arc::<str>::from(host)),
         }
-        value
     }
 }
 
 /// Interned method names: parsed once per distinct path.
 pub(crate) struct MethodCache {
-    map: RwLock<HashMap<Box<str>, MethodNames, Fnv>>,
+    table: InternTable<&'static MethodNames>,
     known: Option<HashSet<String>>,
 }
 
 impl MethodCache {
     fn new(known: Option<&[String]>) -> Self {
         let cache = MethodCache {
-            map: RwLock::new(HashMap::default()),
+            table: InternTable::new(METHOD_CACHE_CAP),
             known: known.map(|k| k.iter().cloned().collect()),
         };
         for m in known.unwrap_or_default() {
@@ -427,13 +417,15 @@ impl MethodCache {
         cache
     }
 
-    /// The names for a request path.
-    pub fn lookup(&self, path: &str) -> (MethodNames, bool) {
-        if let Some(names) = self.map.read().ok().and_then(|m| m.get(path).cloned()) {
-            return (names, true);
+    /// The names for a request path, and whether they are interned.
+    pub fn lookup(&self, path: &str) -> (MethodRef, bool) {
+        if let Some(names) = self.table.get(path) {
+            return (MethodRef::Interned(names), true);
         }
         (
-            self.parse(path, |s| StringValue::from(Arc::<str>::from(s))),
+            MethodRef::Parsed(Box::new(
+                self.parse(path, |s| StringValue::from(Arc::<str>::from(s))),
+            )),
             false,
         )
     }
@@ -470,24 +462,55 @@ impl MethodCache {
     /// names. The strings are leaked on purpose: at most
     /// `METHOD_CACHE_CAP` of them, for the process lifetime.
     pub fn admit(&self, path: &str) {
-        let Ok(mut map) = self.map.write() else {
-            return;
-        };
-        if map.len() >= METHOD_CACHE_CAP || map.contains_key(path) {
-            return;
-        }
-        let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
-        let mut names = self.parse(path, |s| StringValue::from(leak(s)));
-        if let Some(p) = Procedure::parse(path) {
-            names.span_name = Cow::Borrowed(leak(p.full));
-        }
-        map.insert(path.into(), names);
+        self.table.insert(path, || {
+            let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+            let mut names = self.parse(path, |s| StringValue::from(leak(s)));
+            if let Some(p) = Procedure::parse(path) {
+                names.span_name = Cow::Borrowed(leak(p.full));
+            }
+            &*Box::leak(Box::new(names))
+        });
+    }
+}
+
+/// Starts a call's span and returns the context that carries it.
+///
+/// A layer holds its tracer behind this trait rather than as a
+/// `BoxedTracer`: the span is then created with its concrete type and boxed
+/// once, by the [`Context`](opentelemetry::Context) that owns it, instead of
+/// once by the boxed tracer and again by the context.
+pub(crate) trait StartSpan: Send + Sync {
+    /// Starts a span from `builder` (sampled against `parent`) and returns
+    /// `into` with that span as its active span.
+    fn start(
+        &self,
+        builder: opentelemetry::trace::SpanBuilder,
+        parent: &opentelemetry::Context,
+        into: &opentelemetry::Context,
+    ) -> opentelemetry::Context;
+}
+
+struct ConcreteTracer<T>(T);
+
+impl<T> StartSpan for ConcreteTracer<T>
+where
+    T: opentelemetry::trace::Tracer + Send + Sync,
+    T::Span: Send + Sync + 'static,
+{
+    fn start(
+        &self,
+        builder: opentelemetry::trace::SpanBuilder,
+        parent: &opentelemetry::Context,
+        into: &opentelemetry::Context,
+    ) -> opentelemetry::Context {
+        use opentelemetry::trace::TraceContextExt;
+        into.with_span(self.0.build_with_context(builder, parent))
     }
 }
 
 /// The resolved configuration every layer and call shares.
 pub(crate) struct Config {
-    pub tracer: Option<BoxedTracer>,
+    pub tracer: Option<Arc<dyn StartSpan>>,
     pub server_instruments: Option<SideInstruments>,
     pub client_instruments: Option<SideInstruments>,
     pub propagator: Propagation,
@@ -521,8 +544,10 @@ impl Config {
         }
         let scope = scope.build();
         let tracer = o.tracing.then(|| match &o.tracer_provider {
-            Some(p) => BoxedTracer::new(p.boxed_tracer(scope.clone())),
-            None => opentelemetry::global::tracer_provider().tracer_with_scope(scope.clone()),
+            Some(factory) => factory(scope.clone()),
+            None => Arc::new(ConcreteTracer(
+                opentelemetry::global::tracer_provider().tracer_with_scope(scope.clone()),
+            )),
         });
         let (server_instruments, client_instruments) = if o.metrics {
             let meter = match &o.meter_provider {

@@ -38,6 +38,7 @@ mod body;
 mod call;
 mod client;
 mod instrumentation;
+mod intern;
 pub mod propagation;
 mod request;
 pub mod semconv;

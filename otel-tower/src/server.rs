@@ -114,7 +114,7 @@ where
                 Context::map_current(|cur| config.propagator.extract(cur, &parts.headers))
             });
 
-        let tracer = config.tracer.as_ref().filter(|_| instrumented);
+        let tracer = config.tracer.as_deref().filter(|_| instrumented);
         let metered = instrumented && config.server_instruments.is_some();
         if tracer.is_none() && !metered {
             parts.extensions.insert(parent.clone());

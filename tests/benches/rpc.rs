@@ -482,6 +482,18 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) {
             Some(ttoc_dispatch),
         ),
     ];
+    // `--solo NAME` keeps one contender (for profilers).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(solo) = args
+        .iter()
+        .position(|a| a == "--solo")
+        .and_then(|i| args.get(i + 1))
+    {
+        contenders.retain(|c| c.name.contains(solo.as_str()));
+        if contenders.is_empty() {
+            return;
+        }
+    }
     for c in &contenders {
         e2e_round(c, Duration::from_millis(200)); // warm up
     }
@@ -490,7 +502,10 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) {
             c.best = c.best.max(e2e_round(c, duration));
         }
     }
-    let bare = contenders[0].best;
+    let bare = contenders
+        .iter()
+        .find(|c| c.name.starts_with("bare"))
+        .map_or(f64::NAN, |c| c.best);
     println!(
         "\n### End to end over loopback (tonic Greeter, {IN_FLIGHT} calls in flight, best of {rounds} x {duration:?})\n"
     );
@@ -559,6 +574,15 @@ fn measure(contenders: &mut Vec<Contender>, rounds: usize, calls: usize) {
         contenders.retain(|c| {
             c.name.contains(only.as_str()) || c.name.starts_with("bare") || c.name == "floor"
         });
+    }
+    // `--solo NAME` keeps only the contenders whose name contains NAME (for
+    // profilers).
+    if let Some(solo) = args
+        .iter()
+        .position(|a| a == "--solo")
+        .and_then(|i| args.get(i + 1))
+    {
+        contenders.retain(|c| c.name.contains(solo.as_str()));
     }
     for c in contenders.iter_mut() {
         // Warm up (and fill caches), then count allocations on a short run.

@@ -46,12 +46,28 @@ impl Extractor for HeaderExtractor<'_> {
 #[derive(Debug)]
 pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
+/// The names propagators write, parsed once: `HeaderName::from_bytes`
+/// copies a name that is not a standard HTTP header into a new buffer.
+fn propagation_name(key: &str) -> Option<HeaderName> {
+    Some(HeaderName::from_static(match key {
+        "traceparent" => "traceparent",
+        "tracestate" => "tracestate",
+        "baggage" => "baggage",
+        "b3" => "b3",
+        "x-b3-traceid" => "x-b3-traceid",
+        "x-b3-spanid" => "x-b3-spanid",
+        "x-b3-parentspanid" => "x-b3-parentspanid",
+        "x-b3-sampled" => "x-b3-sampled",
+        "x-b3-flags" => "x-b3-flags",
+        _ => return None,
+    }))
+}
+
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(key.as_bytes()),
-            HeaderValue::try_from(value),
-        ) {
+        let name = propagation_name(key).map_or_else(|| HeaderName::from_bytes(key.as_bytes()), Ok);
+        // `try_from(String)` keeps the string's buffer (no copy).
+        if let (Ok(name), Ok(value)) = (name, HeaderValue::try_from(value)) {
             self.0.insert(name, value);
         }
     }

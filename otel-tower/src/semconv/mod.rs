@@ -89,6 +89,26 @@ pub(crate) struct MethodNames {
     pub other: bool,
 }
 
+/// A call's method names: interned (shared by every call of the method) or
+/// parsed for this call alone.
+#[derive(Debug)]
+pub(crate) enum MethodRef {
+    /// From the method cache.
+    Interned(&'static MethodNames),
+    /// Parsed for this call (not cached yet, or never).
+    Parsed(Box<MethodNames>),
+}
+
+impl std::ops::Deref for MethodRef {
+    type Target = MethodNames;
+    fn deref(&self) -> &MethodNames {
+        match self {
+            MethodRef::Interned(names) => names,
+            MethodRef::Parsed(names) => names,
+        }
+    }
+}
+
 /// The facts attributes are built from.
 pub(crate) struct Facts<'a> {
     pub mode: Semconv,

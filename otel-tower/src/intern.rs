@@ -1,0 +1,194 @@
+//! Bounded, lock-free tables of values interned once and read on every call.
+//!
+//! Every call looks its method and host up; with a lock, concurrent calls on
+//! different cores would contend on the lock's cache line even though the
+//! tables almost never change. Here a lookup is a few atomic loads, and an
+//! insert claims an empty slot with one compare-and-swap. Entries live as long
+//! as the table and are never replaced, so a reader can hand out `&'static`
+//! references to their (leaked, bounded) contents.
+
+use std::hash::BuildHasher;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+
+/// An open-addressing table with linear probing: `cap` entries at most, in
+/// twice as many slots, so probes stay short.
+pub(crate) struct InternTable<V: 'static> {
+    slots: Box<[AtomicPtr<Entry<V>>]>,
+    len: AtomicUsize,
+    cap: usize,
+    /// Random per table, so colliding keys cannot be chosen in advance.
+    seed: u64,
+}
+
+struct Entry<V> {
+    key: Box<str>,
+    value: V,
+}
+
+impl<V: Send + Sync + 'static> InternTable<V> {
+    /// A table for at most `cap` entries.
+    pub fn new(cap: usize) -> Self {
+        let slots = (cap * 2).next_power_of_two().max(2);
+        InternTable {
+            slots: (0..slots)
+                .map(|_| AtomicPtr::new(ptr::null_mut()))
+                .collect(),
+            len: AtomicUsize::new(0),
+            cap,
+            seed: std::hash::RandomState::new().hash_one(0x5eed_u64),
+        }
+    }
+
+    fn start(&self, key: &str) -> usize {
+        (hash(self.seed, key.as_bytes()) as usize) & (self.slots.len() - 1)
+    }
+
+    /// The value interned for `key`.
+    pub fn get(&self, key: &str) -> Option<&V> {
+        let mask = self.slots.len() - 1;
+        let mut i = self.start(key);
+        for _ in 0..self.slots.len() {
+            let entry = self.slots[i].load(Ordering::Acquire);
+            if entry.is_null() {
+                return None;
+            }
+            // SAFETY: a non-null slot points to an entry that stays alive and
+            // unchanged until the table is dropped.
+            let entry = unsafe { &*entry };
+            if *entry.key == *key {
+                return Some(&entry.value);
+            }
+            i = (i + 1) & mask;
+        }
+        None
+    }
+
+    /// Interns `value` under `key` unless the key is present or the table is
+    /// full; returns the value now interned for `key`, if any.
+    pub fn insert(&self, key: &str, value: impl FnOnce() -> V) -> Option<&V> {
+        if let Some(v) = self.get(key) {
+            return Some(v);
+        }
+        if self.len.fetch_add(1, Ordering::Relaxed) >= self.cap {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let entry = Box::into_raw(Box::new(Entry {
+            key: key.into(),
+            value: value(),
+        }));
+        let mask = self.slots.len() - 1;
+        let mut i = self.start(key);
+        for _ in 0..self.slots.len() {
+            match self.slots[i].compare_exchange(
+                ptr::null_mut(),
+                entry,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                // SAFETY: just stored; lives until the table is dropped.
+                Ok(_) => return Some(unsafe { &(*entry).value }),
+                Err(other) => {
+                    // SAFETY: as in `get`.
+                    let other = unsafe { &*other };
+                    if *other.key == *key {
+                        // Another thread interned the same key first.
+                        self.len.fetch_sub(1, Ordering::Relaxed);
+                        // SAFETY: ours was never shared.
+                        drop(unsafe { Box::from_raw(entry) });
+                        return Some(&other.value);
+                    }
+                }
+            }
+            i = (i + 1) & mask;
+        }
+        // Unreachable while `cap` < slots, kept safe regardless.
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        // SAFETY: ours was never shared.
+        drop(unsafe { Box::from_raw(entry) });
+        None
+    }
+
+    /// How many entries are interned.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+}
+
+/// A word-at-a-time multiplicative hash: the keys are short paths and host
+/// names, and a lookup runs on every call.
+fn hash(seed: u64, key: &[u8]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(K).rotate_left(29);
+    let mut h = seed ^ (key.len() as u64).wrapping_mul(K);
+    let mut chunks = key.chunks_exact(8);
+    for c in &mut chunks {
+        h = mix(h, u64::from_le_bytes(c.try_into().unwrap_or_default()));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut word = [0u8; 8];
+        word[..rest.len()].copy_from_slice(rest);
+        h = mix(h, u64::from_le_bytes(word));
+    }
+    h ^ (h >> 32)
+}
+
+impl<V: 'static> Drop for InternTable<V> {
+    fn drop(&mut self) {
+        for slot in self.slots.iter_mut() {
+            let entry = *slot.get_mut();
+            if !entry.is_null() {
+                // SAFETY: every non-null slot owns its entry; `&mut self`
+                // means no reader is left.
+                drop(unsafe { Box::from_raw(entry) });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InternTable;
+
+    #[test]
+    fn interns_up_to_the_cap() {
+        let t = InternTable::new(3);
+        assert_eq!(t.get("a"), None);
+        assert_eq!(t.insert("a", || 1), Some(&1));
+        assert_eq!(t.insert("a", || 2), Some(&1), "first value wins");
+        assert_eq!(t.insert("b", || 2), Some(&2));
+        assert_eq!(t.insert("c", || 3), Some(&3));
+        assert_eq!(t.insert("d", || 4), None, "full");
+        assert_eq!(t.get("d"), None);
+        assert_eq!(
+            (t.get("a"), t.get("b"), t.get("c")),
+            (Some(&1), Some(&2), Some(&3))
+        );
+        assert_eq!(t.len(), 3);
+    }
+
+    #[test]
+    fn concurrent_inserts_agree() {
+        let t = std::sync::Arc::new(InternTable::new(64));
+        let threads: Vec<_> = (0..4)
+            .map(|n| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for k in 0..100 {
+                        t.insert(&format!("k{}", k % 50), || n);
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert_eq!(t.len(), 50);
+        for k in 0..50 {
+            assert!(t.get(&format!("k{k}")).is_some());
+        }
+    }
+}
