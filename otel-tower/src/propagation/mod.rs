@@ -268,8 +268,11 @@ impl Native {
 }
 
 fn extract_natives(natives: &[Native], cx: &Context, headers: &http::HeaderMap) -> Context {
-    let mut cx = cx.clone();
-    for n in natives {
+    let Some((first, rest)) = natives.split_first() else {
+        return cx.clone();
+    };
+    let mut cx = first.extract(cx, headers);
+    for n in rest {
         cx = n.extract(&cx, headers);
     }
     cx
