@@ -308,6 +308,131 @@ where
     );
 }
 
+/// The same minimum written as a tower layer, the way a hand-rolled
+/// middleware must be: the span travels in the response future and then the
+/// body, and ends when the trailers arrive.
+#[derive(Clone)]
+struct FloorLayer<S> {
+    inner: S,
+    tracer: SdkTracer,
+    histogram: Histogram<f64>,
+}
+
+struct FloorState {
+    span: opentelemetry_sdk::trace::Span,
+    start: Instant,
+    start_time: SystemTime,
+    histogram: Histogram<f64>,
+}
+
+impl FloorState {
+    fn end(mut self, ok: bool) {
+        self.span.set_attribute(KeyValue::new(
+            "rpc.status_code",
+            if ok { "OK" } else { "UNKNOWN" },
+        ));
+        if !ok {
+            self.span.set_status(Status::error(""));
+        }
+        let elapsed = self.start.elapsed();
+        self.span.end_with_timestamp(self.start_time + elapsed);
+        self.histogram.record(
+            elapsed.as_secs_f64(),
+            &[
+                KeyValue::new("rpc.system.name", "grpc"),
+                KeyValue::new("rpc.method", "helloworld.Greeter/SayHello"),
+                KeyValue::new("rpc.status_code", if ok { "OK" } else { "UNKNOWN" }),
+            ],
+        );
+    }
+}
+
+impl<S, B> Service<Req> for FloorLayer<S>
+where
+    S: Service<Req, Response = Response<B>>,
+    B: Body + Unpin,
+{
+    type Response = Response<FloorBody<B>>;
+    type Error = S::Error;
+    type Future = FloorFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let start = Instant::now();
+        let start_time = SystemTime::now();
+        let span = self
+            .tracer
+            .span_builder("helloworld.Greeter/SayHello")
+            .with_kind(SpanKind::Server)
+            .with_start_time(start_time)
+            .with_attributes([
+                KeyValue::new("rpc.system.name", "grpc"),
+                KeyValue::new("rpc.method", "helloworld.Greeter/SayHello"),
+                KeyValue::new("server.address", "127.0.0.1"),
+                KeyValue::new("server.port", 50051i64),
+            ])
+            .start(&self.tracer);
+        FloorFuture {
+            inner: self.inner.call(req),
+            state: Some(FloorState {
+                span,
+                start,
+                start_time,
+                histogram: self.histogram.clone(),
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct FloorFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<FloorState>,
+    }
+}
+
+impl<F, B, E> Future for FloorFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<FloorBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let state = this.state.take();
+        Poll::Ready(Ok(response.map(|inner| FloorBody { inner, state })))
+    }
+}
+
+struct FloorBody<B> {
+    inner: B,
+    state: Option<FloorState>,
+}
+
+impl<B: Body + Unpin> Body for FloorBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(t) = f.trailers_ref()
+            && let Some(state) = self.state.take()
+        {
+            state.end(t.get("grpc-status").is_some_and(|v| v.as_bytes() == b"0"));
+        }
+        Poll::Ready(frame)
+    }
+}
+
 // ---------------------------------------------------------------- end to end
 
 mod hello {
@@ -666,6 +791,15 @@ fn server_contenders(sdk: &Sdk, messages: u32) -> Vec<Contender> {
     out.push(Contender::new("floor + W3C extract/attach", move || {
         floor_call(&mut f2, true)
     }));
+    let mut layer = FloorLayer {
+        inner: handler(messages),
+        tracer: sdk.tracer_provider.tracer("floor"),
+        histogram,
+    };
+    out.push(Contender::new(
+        "floor as a tower layer (no W3C)",
+        move || run_call(&mut layer, true),
+    ));
 
     let variants: [(&str, Instrumentation); 5] = [
         (
