@@ -128,6 +128,8 @@ pin_project_lite::pin_project! {
         inner: F,
         call: Option<Call>,
         attach: Option<Context>,
+        // Whether `attach` stays current while the body is polled.
+        body_context: bool,
     }
 }
 
@@ -140,11 +142,17 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(inner: F, call: Option<Call>, attach: Option<Context>) -> Self {
+    pub(crate) fn new(
+        inner: F,
+        call: Option<Call>,
+        attach: Option<Context>,
+        body_context: bool,
+    ) -> Self {
         ResponseFuture {
             inner,
             call,
             attach,
+            body_context,
         }
     }
 }
@@ -173,7 +181,7 @@ where
                 }
             }
         };
-        let attach = this.attach.take();
+        let attach = this.attach.take().filter(|_| *this.body_context);
         Poll::Ready(match result {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();

@@ -154,8 +154,10 @@ pub(crate) fn truncate(mut s: String, max: usize) -> String {
 fn header_ending(headers: &HeaderMap) -> Option<Ending> {
     let status = headers.get(crate::wire::names::GRPC_STATUS)?;
     let code = Code::from_grpc_status(status.as_bytes()).unwrap_or(Code::Unknown);
-    let message = headers
-        .get(crate::wire::names::GRPC_MESSAGE)
+    // Only an error's message is reported.
+    let message = (code != Code::Ok)
+        .then(|| headers.get(crate::wire::names::GRPC_MESSAGE))
+        .flatten()
         .map(|m| truncate(decode_grpc_message(m.as_bytes()), MAX_STATUS_MESSAGE))
         .filter(|m| !m.is_empty());
     Some(Ending {

@@ -78,7 +78,7 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let Some(protocol) = Protocol::detect(req.method(), req.uri(), req.headers()) else {
-            return ResponseFuture::new(self.inner.call(req), None, None);
+            return ResponseFuture::new(self.inner.call(req), None, None, false);
         };
         let start = Instant::now();
         let start_time = SystemTime::now();
@@ -98,7 +98,7 @@ where
         if tracer.is_none() && !metered {
             config.propagator.inject(&parent, &mut parts.headers);
             let req = http::Request::from_parts(parts, body);
-            return ResponseFuture::new(self.inner.call(req), None, None);
+            return ResponseFuture::new(self.inner.call(req), None, None, false);
         }
 
         let request_size = matches!(protocol, Protocol::ConnectUnary | Protocol::ConnectGet)
@@ -127,6 +127,6 @@ where
         // The injected parent is the client span (or the parent when untraced).
         config.propagator.inject(&call.cx, &mut parts.headers);
         let req = http::Request::from_parts(parts, body);
-        ResponseFuture::new(self.inner.call(req), Some(call), None)
+        ResponseFuture::new(self.inner.call(req), Some(call), None, false)
     }
 }

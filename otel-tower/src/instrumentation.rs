@@ -46,6 +46,7 @@ struct Options {
     response_headers: Vec<HeaderName>,
     trace_events: Option<bool>,
     propagate_response_header: bool,
+    body_context: bool,
     rpc_system: Option<RpcSystem>,
     semconv: Option<Semconv>,
     known_methods: Option<Vec<String>>,
@@ -119,6 +120,7 @@ impl Instrumentation {
                 response_headers: Vec::new(),
                 trace_events: None,
                 propagate_response_header: false,
+                body_context: true,
                 rpc_system: None,
                 semconv: None,
                 known_methods: None,
@@ -195,6 +197,21 @@ impl Instrumentation {
     /// No metrics at all.
     pub fn without_metrics(self) -> Self {
         self.edit(|o| o.metrics = false)
+    }
+
+    /// Server: keeps the call's context current while the inner service
+    /// runs and its future is polled, but not while the response body is
+    /// polled.
+    ///
+    /// By default the context is also current during every poll of the
+    /// response body, so spans that a streaming handler creates while
+    /// producing messages are children of the server span. That costs about
+    /// 35 ns per response frame (a clone of the context and a thread-local
+    /// push and pop). Services whose response bodies run no instrumented
+    /// code (unary handlers, or streams that create no spans) can turn it
+    /// off; the call is still observed to its end either way.
+    pub fn without_body_context(self) -> Self {
+        self.edit(|o| o.body_context = false)
     }
 
     /// Omits the client's socket address (`network.peer.*`, and in Legacy
@@ -522,6 +539,8 @@ pub(crate) struct Config {
     pub response_headers: Vec<CapturedHeader>,
     pub trace_events: bool,
     pub propagate_response_header: bool,
+    /// Whether the server's context is current while the body is polled.
+    pub body_context: bool,
     pub rpc_system: Option<RpcSystem>,
     pub mode: Semconv,
     pub methods: MethodCache,
@@ -585,6 +604,7 @@ impl Config {
                 .collect(),
             trace_events: o.trace_events.unwrap_or(mode.legacy()),
             propagate_response_header: o.propagate_response_header,
+            body_context: o.body_context,
             rpc_system: o.rpc_system,
             mode,
             methods: MethodCache::new(o.known_methods.as_deref()),

@@ -88,7 +88,7 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let Some(protocol) = Protocol::detect(req.method(), req.uri(), req.headers()) else {
-            return ResponseFuture::new(self.inner.call(req), None, None);
+            return ResponseFuture::new(self.inner.call(req), None, None, false);
         };
         let start = Instant::now();
         let start_time = SystemTime::now();
@@ -123,7 +123,7 @@ where
                 let _guard = parent.clone().attach();
                 self.inner.call(req)
             };
-            return ResponseFuture::new(future, None, Some(parent));
+            return ResponseFuture::new(future, None, Some(parent), config.body_context);
         }
 
         // A B3 "do not sample" without ids is honoured: no span, metrics only.
@@ -161,6 +161,6 @@ where
             let _guard = cx.clone().attach();
             self.inner.call(req)
         };
-        ResponseFuture::new(future, Some(call), Some(cx))
+        ResponseFuture::new(future, Some(call), Some(cx), config.body_context)
     }
 }

@@ -801,10 +801,14 @@ fn server_contenders(sdk: &Sdk, messages: u32) -> Vec<Contender> {
         move || run_call(&mut layer, true),
     ));
 
-    let variants: [(&str, Instrumentation); 5] = [
+    let variants: [(&str, Instrumentation); 6] = [
         (
             "otel-tower Stable (spans+metrics+W3C)",
             ours(sdk, Semconv::Stable),
+        ),
+        (
+            "otel-tower Stable, without_body_context",
+            ours(sdk, Semconv::Stable).without_body_context(),
         ),
         (
             "otel-tower unsampled",
@@ -964,37 +968,25 @@ fn main() {
         "bare (no instrumentation)",
         "floor",
     );
-    let find = |v: &[Contender], n: &str| {
-        v.iter()
-            .find(|c| c.name.starts_with(n))
-            .map_or(f64::NAN, |c| c.best_ns)
-    };
-    let per_message = ((find(&stream, "otel-tower Stable") - find(&stream, "bare"))
-        - (find(&server, "otel-tower Stable") - find(&server, "bare")))
-        / 1000.0;
-    let allocs_per_message = (stream
-        .iter()
-        .find(|c| c.name.starts_with("otel-tower Stable"))
-        .unwrap()
-        .allocs
-        - stream
-            .iter()
-            .find(|c| c.name.starts_with("bare"))
-            .unwrap()
-            .allocs
-        - (server
-            .iter()
-            .find(|c| c.name.starts_with("otel-tower Stable"))
-            .unwrap()
-            .allocs
-            - server
-                .iter()
-                .find(|c| c.name.starts_with("bare"))
-                .unwrap()
-                .allocs))
-        / 1000.0;
-    println!(
-        "\nper-message cost with events off (otel-tower Stable): {per_message:.1} ns, {allocs_per_message:.3} allocs"
-    );
+    for name in [
+        "otel-tower Stable (spans+metrics+W3C)",
+        "otel-tower Stable, without_body_context",
+    ] {
+        let get = |v: &[Contender], n: &str| {
+            v.iter()
+                .find(|c| c.name.starts_with(n))
+                .map_or((f64::NAN, f64::NAN), |c| (c.best_ns, c.allocs))
+        };
+        let (stream_ns, stream_allocs) = get(&stream, name);
+        let (stream_bare, stream_bare_allocs) = get(&stream, "bare");
+        let (unary_ns, unary_allocs) = get(&server, name);
+        let (unary_bare, unary_bare_allocs) = get(&server, "bare");
+        let per_message = ((stream_ns - stream_bare) - (unary_ns - unary_bare)) / 1000.0;
+        let allocs_per_message =
+            ((stream_allocs - stream_bare_allocs) - (unary_allocs - unary_bare_allocs)) / 1000.0;
+        println!(
+            "\nper-message cost with events off ({name}): {per_message:.1} ns, {allocs_per_message:.3} allocs"
+        );
+    }
     println!("\nspans ended: {}", sdk.ended.load(Ordering::Relaxed));
 }
