@@ -11,7 +11,7 @@ use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use crate::instrumentation::{CapturedHeader, Config, StartSpan};
 use crate::request::RpcRequest;
-use crate::semconv::{Attrs, Ending, Facts, MethodRef, Side, keys};
+use crate::semconv::{AttrSink, Attrs, Ending, Facts, MethodRef, Side, keys};
 use crate::wire::connect_error::{self, ERROR_BODY_CAP};
 use crate::wire::envelope::{self, Base64Stream, EnvelopeEvent, EnvelopeParser};
 use crate::wire::timeout::request_timeout;
@@ -300,7 +300,7 @@ impl Call {
         captured: &[CapturedHeader],
         system: RpcSystem,
         config: &Config,
-        out: &mut impl Extend<KeyValue>,
+        out: &mut impl AttrSink,
         mut seen: Option<&mut Vec<Vec<StringValue>>>,
     ) {
         if let Some(seen) = seen.as_deref_mut() {
@@ -328,14 +328,14 @@ impl Call {
             }
             let array = || Value::Array(opentelemetry::Array::String(values.clone()));
             if config.mode.stable() {
-                out.extend(std::iter::once(KeyValue::new(h.stable.clone(), array())));
+                out.push_kv(KeyValue::new(h.stable.clone(), array()));
             }
             if config.mode.legacy() {
                 let key = match system {
                     RpcSystem::Grpc => h.legacy_grpc.clone(),
                     RpcSystem::ConnectRpc => h.legacy_connect.clone(),
                 };
-                out.extend(std::iter::once(KeyValue::new(key, array())));
+                out.push_kv(KeyValue::new(key, array()));
             }
         }
     }
@@ -357,7 +357,7 @@ impl Call {
         self.response_values = seen;
         self.filter_attributes(&mut attrs);
         if !attrs.is_empty() {
-            self.cx.span().set_attributes(attrs);
+            self.cx.span().set_attributes(attrs.drain(..));
         }
     }
 
@@ -794,7 +794,8 @@ impl Call {
                     span.update_name(self.system.name());
                 }
                 let status = facts.span_status(&ending);
-                span.set_attributes(attrs);
+                // Drained rather than moved: `Attrs` keeps its items inline.
+                span.set_attributes(attrs.drain(..));
                 if status != Status::Unset {
                     span.set_status(status);
                 }

@@ -15,14 +15,21 @@ use keys::*;
 /// Attributes built per call, on the stack for the usual sizes.
 pub(crate) type Attrs = smallvec::SmallVec<[KeyValue; 8]>;
 
-/// `push` for any attribute sink.
-trait ExtendOne {
-    fn extend_one_kv(&mut self, kv: KeyValue);
+/// Where attributes are collected: pushed one at a time, without the
+/// reserve-and-loop of `Extend`.
+pub(crate) trait AttrSink {
+    fn push_kv(&mut self, kv: KeyValue);
 }
 
-impl<T: Extend<KeyValue>> ExtendOne for T {
-    fn extend_one_kv(&mut self, kv: KeyValue) {
-        self.extend(std::iter::once(kv));
+impl AttrSink for Attrs {
+    fn push_kv(&mut self, kv: KeyValue) {
+        self.push(kv);
+    }
+}
+
+impl AttrSink for Vec<KeyValue> {
+    fn push_kv(&mut self, kv: KeyValue) {
+        self.push(kv);
     }
 }
 
@@ -184,69 +191,64 @@ impl Facts<'_> {
 
     /// Legacy `net.peer.*`: the server's address on the client, the client's
     /// socket on the server.
-    fn legacy_peer(&self, out: &mut impl Extend<KeyValue>) {
+    fn legacy_peer(&self, out: &mut impl AttrSink) {
         match self.side {
             Side::Client => {
                 if let Some(addr) = self.server_address {
-                    out.extend_one_kv(KeyValue::new(NET_PEER_NAME, addr.clone()));
+                    out.push_kv(KeyValue::new(NET_PEER_NAME, addr.clone()));
                     if let Some(port) = self.server_port {
-                        out.extend_one_kv(KeyValue::new(NET_PEER_PORT, port));
+                        out.push_kv(KeyValue::new(NET_PEER_PORT, port));
                     }
                 }
             }
             Side::Server => {
                 if let Some(peer) = &self.peer {
-                    out.extend_one_kv(KeyValue::new(NET_PEER_NAME, peer_ip(peer)));
-                    out.extend_one_kv(KeyValue::new(NET_PEER_PORT, i64::from(peer.port())));
+                    out.push_kv(KeyValue::new(NET_PEER_NAME, peer_ip(peer)));
+                    out.push_kv(KeyValue::new(NET_PEER_PORT, i64::from(peer.port())));
                 }
             }
         }
     }
 
     /// Attributes given to the span at creation (samplers see them).
-    pub fn start_attributes(&self, out: &mut impl Extend<KeyValue>) {
+    pub fn start_attributes(&self, out: &mut impl AttrSink) {
         if self.mode.stable() {
-            out.extend_one_kv(KeyValue::new(RPC_SYSTEM_NAME, self.system.name()));
-            out.extend_one_kv(KeyValue::new(RPC_METHOD, self.stable_method_value()));
+            out.push_kv(KeyValue::new(RPC_SYSTEM_NAME, self.system.name()));
+            out.push_kv(KeyValue::new(RPC_METHOD, self.stable_method_value()));
             if self.method.other {
-                out.extend_one_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
+                out.push_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
             }
             if let Some(addr) = self.server_address {
-                out.extend_one_kv(KeyValue::new(SERVER_ADDRESS, addr.clone()));
+                out.push_kv(KeyValue::new(SERVER_ADDRESS, addr.clone()));
                 if let Some(port) = self.server_port {
-                    out.extend_one_kv(KeyValue::new(SERVER_PORT, port));
+                    out.push_kv(KeyValue::new(SERVER_PORT, port));
                 }
             }
             if let (Side::Server, Some(peer)) = (self.side, &self.peer) {
-                out.extend_one_kv(KeyValue::new(NETWORK_PEER_ADDRESS, peer_ip(peer)));
-                out.extend_one_kv(KeyValue::new(NETWORK_PEER_PORT, i64::from(peer.port())));
+                out.push_kv(KeyValue::new(NETWORK_PEER_ADDRESS, peer_ip(peer)));
+                out.push_kv(KeyValue::new(NETWORK_PEER_PORT, i64::from(peer.port())));
             }
         }
         if self.mode.legacy() {
-            out.extend_one_kv(KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
-            out.extend_one_kv(KeyValue::new(RPC_SERVICE, self.legacy_service()));
+            out.push_kv(KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
+            out.push_kv(KeyValue::new(RPC_SERVICE, self.legacy_service()));
             if !self.mode.stable() {
-                out.extend_one_kv(KeyValue::new(RPC_METHOD, self.legacy_method()));
+                out.push_kv(KeyValue::new(RPC_METHOD, self.legacy_method()));
             }
             self.legacy_peer(out);
         }
     }
 
     /// Attributes added when the call ends.
-    pub fn end_attributes(
-        &self,
-        ending: &Ending,
-        renamed_to_other: bool,
-        out: &mut impl Extend<KeyValue>,
-    ) {
+    pub fn end_attributes(&self, ending: &Ending, renamed_to_other: bool, out: &mut impl AttrSink) {
         if renamed_to_other {
             // `rpc.method` is the stable key's in Both mode, the short name's in Legacy.
-            out.extend_one_kv(KeyValue::new(RPC_METHOD, OTHER));
+            out.push_kv(KeyValue::new(RPC_METHOD, OTHER));
             if self.mode.stable() {
-                out.extend_one_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
+                out.push_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
             }
             if self.mode.legacy() {
-                out.extend_one_kv(KeyValue::new(RPC_SERVICE, OTHER));
+                out.push_kv(KeyValue::new(RPC_SERVICE, OTHER));
             }
         }
         if self.mode.stable() {
@@ -255,12 +257,12 @@ impl Facts<'_> {
         if self.mode.legacy() {
             self.legacy_status(ending, out);
             if ending.not_modified {
-                out.extend_one_kv(KeyValue::new(HTTP_STATUS_CODE, 304i64));
+                out.push_kv(KeyValue::new(HTTP_STATUS_CODE, 304i64));
             }
         }
     }
 
-    fn stable_status(&self, ending: &Ending, out: &mut impl Extend<KeyValue>) {
+    fn stable_status(&self, ending: &Ending, out: &mut impl AttrSink) {
         let code_value = match (self.system, ending.code) {
             (_, None) => None,
             (RpcSystem::Grpc, Some(code)) => Some(code.grpc_name()),
@@ -268,35 +270,31 @@ impl Facts<'_> {
             (RpcSystem::ConnectRpc, Some(code)) => Some(code.connect_name()),
         };
         if let Some(value) = code_value {
-            out.extend_one_kv(KeyValue::new(RPC_STATUS_CODE, value));
+            out.push_kv(KeyValue::new(RPC_STATUS_CODE, value));
         }
         if ending.is_error(self.side) {
-            out.extend_one_kv(KeyValue::new(ERROR_TYPE, code_value.unwrap_or(OTHER)));
+            out.push_kv(KeyValue::new(ERROR_TYPE, code_value.unwrap_or(OTHER)));
         }
     }
 
-    fn legacy_status(&self, ending: &Ending, out: &mut impl Extend<KeyValue>) {
+    fn legacy_status(&self, ending: &Ending, out: &mut impl AttrSink) {
         match (self.system, ending.code) {
-            (RpcSystem::Grpc, Some(code)) => out.extend_one_kv(KeyValue::new(
+            (RpcSystem::Grpc, Some(code)) => out.push_kv(KeyValue::new(
                 RPC_GRPC_STATUS_CODE,
                 i64::from(code.as_i32()),
             )),
-            (RpcSystem::ConnectRpc, Some(code)) if code != Code::Ok => out.extend_one_kv(
-                KeyValue::new(RPC_CONNECT_RPC_ERROR_CODE, code.connect_name()),
-            ),
+            (RpcSystem::ConnectRpc, Some(code)) if code != Code::Ok => out.push_kv(KeyValue::new(
+                RPC_CONNECT_RPC_ERROR_CODE,
+                code.connect_name(),
+            )),
             _ => {}
         }
     }
 
     /// Attributes of the stable duration metric (final method, no peer).
-    pub fn stable_metric_attributes(
-        &self,
-        ending: &Ending,
-        other: bool,
-        out: &mut impl Extend<KeyValue>,
-    ) {
-        out.extend_one_kv(KeyValue::new(RPC_SYSTEM_NAME, self.system.name()));
-        out.extend_one_kv(KeyValue::new(
+    pub fn stable_metric_attributes(&self, ending: &Ending, other: bool, out: &mut impl AttrSink) {
+        out.push_kv(KeyValue::new(RPC_SYSTEM_NAME, self.system.name()));
+        out.push_kv(KeyValue::new(
             RPC_METHOD,
             if other {
                 StringValue::from(OTHER)
@@ -308,33 +306,28 @@ impl Facts<'_> {
         if self.side == Side::Client
             && let Some(addr) = self.server_address
         {
-            out.extend_one_kv(KeyValue::new(SERVER_ADDRESS, addr.clone()));
+            out.push_kv(KeyValue::new(SERVER_ADDRESS, addr.clone()));
             if let Some(port) = self.server_port {
-                out.extend_one_kv(KeyValue::new(SERVER_PORT, port));
+                out.push_kv(KeyValue::new(SERVER_PORT, port));
             }
         }
     }
 
     /// Base attributes of the legacy metrics (the span's legacy attributes).
-    pub fn legacy_metric_base(&self, other: bool, out: &mut impl Extend<KeyValue>) {
-        out.extend_one_kv(KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
+    pub fn legacy_metric_base(&self, other: bool, out: &mut impl AttrSink) {
+        out.push_kv(KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
         if other {
-            out.extend_one_kv(KeyValue::new(RPC_SERVICE, OTHER));
-            out.extend_one_kv(KeyValue::new(RPC_METHOD, OTHER));
+            out.push_kv(KeyValue::new(RPC_SERVICE, OTHER));
+            out.push_kv(KeyValue::new(RPC_METHOD, OTHER));
         } else {
-            out.extend_one_kv(KeyValue::new(RPC_SERVICE, self.method.service.clone()));
-            out.extend_one_kv(KeyValue::new(RPC_METHOD, self.method.short.clone()));
+            out.push_kv(KeyValue::new(RPC_SERVICE, self.method.service.clone()));
+            out.push_kv(KeyValue::new(RPC_METHOD, self.method.short.clone()));
         }
         self.legacy_peer(out);
     }
 
     /// Legacy metric attributes with the status attribute.
-    pub fn legacy_metric_attributes(
-        &self,
-        ending: &Ending,
-        other: bool,
-        out: &mut impl Extend<KeyValue>,
-    ) {
+    pub fn legacy_metric_attributes(&self, ending: &Ending, other: bool, out: &mut impl AttrSink) {
         self.legacy_metric_base(other, out);
         self.legacy_status(ending, out);
     }
