@@ -52,7 +52,7 @@ pub(crate) struct Call {
     pub start_time: SystemTime,
     pub deadline: Option<Instant>,
     pub server_address: Option<StringValue>,
-    pub server_port: Option<i64>,
+    pub server_port: Option<u16>,
     pub peer: Option<SocketAddr>,
     /// Size of a unary request body, when known.
     pub request_size: Option<u64>,
@@ -106,27 +106,18 @@ pub(crate) struct Begin<'a> {
 fn authority_host_port(
     parts: &http::request::Parts,
     hosts: &crate::instrumentation::HostCache,
-) -> Option<(StringValue, Option<i64>)> {
-    let parsed;
-    let authority = match parts.uri.authority() {
-        Some(a) => a,
-        None => {
-            parsed = parts
-                .headers
-                .get(http::header::HOST)?
-                .to_str()
-                .ok()?
-                .parse::<http::uri::Authority>()
-                .ok()?;
-            &parsed
-        }
-    };
-    let host = authority.host();
-    let host = host
-        .strip_prefix('[')
-        .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    Some((hosts.get(host), authority.port_u16().map(i64::from)))
+) -> Option<(StringValue, Option<u16>)> {
+    if let Some(authority) = parts.uri.authority() {
+        return Some(hosts.get(authority));
+    }
+    let parsed = parts
+        .headers
+        .get(http::header::HOST)?
+        .to_str()
+        .ok()?
+        .parse::<http::uri::Authority>()
+        .ok()?;
+    Some(hosts.get(&parsed))
 }
 
 /// How long after the call started its deadline counts as passed: the
@@ -184,7 +175,7 @@ impl Call {
                     system: b.system,
                     method: &b.method,
                     server_address: server_address.as_ref(),
-                    server_port,
+                    server_port: server_port.map(i64::from),
                     peer: b.peer,
                 };
                 // Room for the attributes added when the call ends.
@@ -271,7 +262,7 @@ impl Call {
             system: self.system,
             method: &self.method,
             server_address: self.server_address.as_ref(),
-            server_port: self.server_port,
+            server_port: self.server_port.map(i64::from),
             peer: self.peer,
         }
     }

@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Instant, SystemTime};
 
 use opentelemetry::Context;
 use tower_layer::Layer;
@@ -80,8 +79,7 @@ where
         let Some(protocol) = Protocol::detect(req.method(), req.uri(), req.headers()) else {
             return ResponseFuture::new(self.inner.call(req), None, None, false);
         };
-        let start = Instant::now();
-        let start_time = SystemTime::now();
+        let (start, start_time) = crate::clock::now();
         let config = &self.config;
         let (mut parts, body) = req.into_parts();
         let parent = parts

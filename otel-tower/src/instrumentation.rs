@@ -382,12 +382,13 @@ impl CapturedHeader {
     }
 }
 
-/// Most distinct hosts interned for `server.address`.
+/// Most distinct authorities interned for `server.address`/`server.port`.
 const HOST_CACHE_CAP: usize = 256;
 
-/// Interned `server.address` values: one shared string per host.
+/// Interned `server.address` and `server.port` values, by authority
+/// (`host:port` as the request carries it), so the authority is parsed once.
 pub(crate) struct HostCache {
-    table: InternTable<&'static str>,
+    table: InternTable<(&'static str, Option<u16>)>,
 }
 
 impl Default for HostCache {
@@ -399,19 +400,25 @@ impl Default for HostCache {
 }
 
 impl HostCache {
-    /// The shared value for `host`. Interned strings are leaked on purpose:
+    /// `server.address` (brackets of an IPv6 literal removed) and
+    /// `server.port` of an authority. Interned hosts are leaked on purpose:
     /// at most `HOST_CACHE_CAP` of them, so cloning the value per call never
     /// touches a shared reference count.
-    pub fn get(&self, host: &str) -> StringValue {
-        if let Some(v) = self.table.get(host) {
-            return StringValue::from(*v);
+    pub fn get(&self, authority: &http::uri::Authority) -> (StringValue, Option<u16>) {
+        if let Some((host, port)) = self.table.get(authority.as_str()) {
+            return (StringValue::from(*host), *port);
         }
-        match self
-            .table
-            .insert(host, || Box::leak(host.to_owned().into_boxed_str()))
-        {
-            Some(v) => StringValue::from(*v),
-            None => StringValue::from(Arc::<str>::from(host)),
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let port = authority.port_u16();
+        match self.table.insert(authority.as_str(), || {
+            (&*Box::leak(host.to_owned().into_boxed_str()), port)
+        }) {
+            Some((host, port)) => (StringValue::from(*host), *port),
+            None => (StringValue::from(Arc::<str>::from(host)), port),
         }
     }
 }

@@ -70,6 +70,11 @@ impl<V: Send + Sync + 'static> InternTable<V> {
         if let Some(v) = self.get(key) {
             return Some(v);
         }
+        // A full table is the steady state under a flood of new keys: check
+        // without writing the shared counter first.
+        if self.len.load(Ordering::Relaxed) >= self.cap {
+            return None;
+        }
         if self.len.fetch_add(1, Ordering::Relaxed) >= self.cap {
             self.len.fetch_sub(1, Ordering::Relaxed);
             return None;

@@ -37,6 +37,7 @@
 mod body;
 mod call;
 mod client;
+mod clock;
 mod instrumentation;
 mod intern;
 pub mod propagation;
