@@ -177,34 +177,7 @@ pub(crate) fn parse<'a>(headers: impl IntoIterator<Item = &'a str>) -> Vec<Membe
 
 impl TextMapPropagator for Baggage {
     fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
-        let baggage = cx.baggage();
-        if baggage.is_empty() {
-            return;
-        }
-        let mut header = String::new();
-        for (key, (value, metadata)) in baggage.iter() {
-            if !is_token(key.as_str()) {
-                continue;
-            }
-            if !header.is_empty() {
-                header.push(',');
-            }
-            header.push_str(key.as_str());
-            header.push('=');
-            percent_encode_into(value.as_str(), &mut header);
-            let metadata = metadata.as_str();
-            if !metadata.is_empty()
-                && metadata
-                    .bytes()
-                    .all(|b| (0x20..=0x7e).contains(&b) && b != b',')
-            {
-                header.push(';');
-                header.push_str(metadata);
-            }
-        }
-        if !header.is_empty() {
-            injector.set(BAGGAGE, header);
-        }
+        inject_to(cx, injector);
     }
 
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
@@ -236,4 +209,36 @@ pub(crate) fn extract_from<'a>(cx: &Context, source: &'a impl super::Source<'a>)
         );
     }
     cx.with_baggage(baggage)
+}
+
+/// Writes `cx`'s baggage as one `baggage` header (nothing when empty).
+pub(crate) fn inject_to(cx: &Context, injector: &mut dyn Injector) {
+    let baggage = cx.baggage();
+    if baggage.is_empty() {
+        return;
+    }
+    let mut header = String::new();
+    for (key, (value, metadata)) in baggage.iter() {
+        if !is_token(key.as_str()) {
+            continue;
+        }
+        if !header.is_empty() {
+            header.push(',');
+        }
+        header.push_str(key.as_str());
+        header.push('=');
+        percent_encode_into(value.as_str(), &mut header);
+        let metadata = metadata.as_str();
+        if !metadata.is_empty()
+            && metadata
+                .bytes()
+                .all(|b| (0x20..=0x7e).contains(&b) && b != b',')
+        {
+            header.push(';');
+            header.push_str(metadata);
+        }
+    }
+    if !header.is_empty() {
+        injector.set(BAGGAGE, header);
+    }
 }

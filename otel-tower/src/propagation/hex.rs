@@ -36,14 +36,19 @@ pub(crate) fn decode<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 
 const DIGITS: &[u8; 16] = b"0123456789abcdef";
 
+/// Writes the lowercase hex form of `bytes` into `out` (twice as long).
+pub(crate) fn encode_to_slice(bytes: &[u8], out: &mut [u8]) {
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[(b >> 4) as usize];
+        pair[1] = DIGITS[(b & 0x0f) as usize];
+    }
+}
+
 /// Appends the lowercase hex form of `bytes` to `out`.
 pub(crate) fn encode_into(bytes: &[u8], out: &mut String) {
     let mut buf = [0u8; 64];
     for chunk in bytes.chunks(32) {
-        for (pair, b) in buf.chunks_exact_mut(2).zip(chunk) {
-            pair[0] = DIGITS[(b >> 4) as usize];
-            pair[1] = DIGITS[(b & 0x0f) as usize];
-        }
+        encode_to_slice(chunk, &mut buf);
         // Only ASCII digits were written.
         out.push_str(std::str::from_utf8(&buf[..chunk.len() * 2]).unwrap_or_default());
     }

@@ -366,6 +366,17 @@ impl Propagation {
 
     /// Injects `cx` into request (or response) headers.
     pub(crate) fn inject(&self, cx: &Context, headers: &mut http::HeaderMap) {
-        self.shared.inject_context(cx, &mut HeaderInjector(headers));
+        match &self.path {
+            Path::Native(natives) => {
+                for n in natives {
+                    match n {
+                        Native::TraceContext => trace_context::inject_into(cx, headers),
+                        Native::Baggage => baggage::inject_to(cx, &mut HeaderInjector(headers)),
+                        Native::B3(b3) => b3.inject_context(cx, &mut HeaderInjector(headers)),
+                    }
+                }
+            }
+            _ => self.shared.inject_context(cx, &mut HeaderInjector(headers)),
+        }
     }
 }

@@ -147,6 +147,44 @@ pub(crate) fn parse_tracestate<'a>(
     Some(members)
 }
 
+/// The `traceparent` value of a span context (version `00`).
+fn traceparent(sc: &SpanContext) -> [u8; 55] {
+    let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex::encode_to_slice(&sc.trace_id().to_bytes(), &mut out[3..35]);
+    hex::encode_to_slice(&sc.span_id().to_bytes(), &mut out[36..52]);
+    hex::encode_to_slice(&[sc.trace_flags().to_u8()], &mut out[53..55]);
+    out
+}
+
+/// The `tracestate` to send with `cx`'s span context, if any.
+fn tracestate(cx: &Context, sc: &SpanContext) -> Option<String> {
+    let state = sc.trace_state().header();
+    if !state.is_empty() {
+        return Some(state);
+    }
+    cx.get::<VerbatimTraceState>()
+        .filter(|v| v.trace_id == sc.trace_id())
+        .map(|v| v.header.clone())
+}
+
+/// Injects straight into a `HeaderMap` (the layers' path: no `String` for
+/// `traceparent`, names parsed once).
+pub(crate) fn inject_into(cx: &Context, headers: &mut http::HeaderMap) {
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return;
+    }
+    if let Ok(value) = http::HeaderValue::from_bytes(&traceparent(sc)) {
+        headers.insert(TRACEPARENT_NAME, value);
+    }
+    if let Some(state) = tracestate(cx, sc)
+        && let Ok(value) = http::HeaderValue::try_from(state)
+    {
+        headers.insert(TRACESTATE_NAME, value);
+    }
+}
+
 impl TextMapPropagator for TraceContext {
     fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
         let span = cx.span();
@@ -154,22 +192,11 @@ impl TextMapPropagator for TraceContext {
         if !sc.is_valid() {
             return;
         }
-        let mut traceparent = String::with_capacity(55);
-        traceparent.push_str("00-");
-        hex::encode_into(&sc.trace_id().to_bytes(), &mut traceparent);
-        traceparent.push('-');
-        hex::encode_into(&sc.span_id().to_bytes(), &mut traceparent);
-        traceparent.push('-');
-        hex::encode_into(&[sc.trace_flags().to_u8()], &mut traceparent);
+        // Only ASCII was written.
+        let traceparent = String::from_utf8_lossy(&traceparent(sc)).into_owned();
         injector.set(TRACEPARENT, traceparent);
-
-        let state = sc.trace_state().header();
-        if !state.is_empty() {
+        if let Some(state) = tracestate(cx, sc) {
             injector.set(TRACESTATE, state);
-        } else if let Some(verbatim) = cx.get::<VerbatimTraceState>()
-            && verbatim.trace_id == sc.trace_id()
-        {
-            injector.set(TRACESTATE, verbatim.header.clone());
         }
     }
 
