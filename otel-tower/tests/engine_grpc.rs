@@ -467,3 +467,49 @@ async fn non_rpc_requests_pass_through_untouched() {
     assert!(t.finished_spans().is_empty(), "no span for plain HTTP");
     assert!(t.histograms().is_empty(), "no metric for plain HTTP");
 }
+
+#[tokio::test]
+async fn client_sends_traceparent_as_a_never_indexed_header() {
+    // Each traceparent is unique: indexing it in HTTP/2's HPACK table would
+    // evict the headers that repeat. The client layer marks it sensitive
+    // (never indexed); the bytes are unchanged.
+    let t = Telemetry::new();
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let seen2 = seen.clone();
+    let inner = tower::service_fn(
+        move |req: http::Request<http_body_util::Full<bytes::Bytes>>| {
+            *seen2.lock().unwrap() = req.headers().get("traceparent").cloned();
+            async {
+                Ok::<_, std::convert::Infallible>(
+                    Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(Scripted::data_then_trailers(
+                            &[],
+                            trailers(&[("grpc-status", "0")]),
+                        ))
+                        .unwrap(),
+                )
+            }
+        },
+    );
+    let client = ServiceBuilder::new()
+        .layer(t.instrumentation().client_layer())
+        .service(inner);
+    let addr: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let response = client
+        .oneshot(grpc_request(addr, "/pkg.Svc/Get", "application/grpc"))
+        .await
+        .unwrap();
+    read_all(response).await;
+    let span = t.wait_spans(1).await.remove(0);
+    let header = seen.lock().unwrap().clone().expect("traceparent sent");
+    assert!(header.is_sensitive());
+    assert_eq!(
+        header.to_str().unwrap(),
+        format!(
+            "00-{}-{}-01",
+            span.span_context.trace_id(),
+            span.span_context.span_id()
+        )
+    );
+}

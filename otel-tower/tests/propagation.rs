@@ -1619,3 +1619,46 @@ fn from_env_value_warns_once_for_unknown_names() {
     assert_eq!(count("tracecontext,baggage,b3,b3multi,none"), 0);
     assert_eq!(count("B3,b3"), 0);
 }
+
+// ---------------------------------------------------------------------------
+// HPACK: per-request ids are never indexed
+
+#[test]
+fn per_request_ids_are_marked_never_indexed() {
+    let cx = remote(T, S, 1).with_baggage([opentelemetry::KeyValue::new("k", "v")]);
+    let cx = {
+        let sc = span_context(&cx);
+        let state = TraceState::from_key_value([("vendor", "x")]).unwrap();
+        cx.with_remote_span_context(SpanContext::new(
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags(),
+            true,
+            state,
+        ))
+    };
+    let composite = CompositePropagator::new(vec![
+        Box::new(TraceContext::new()),
+        Box::new(Baggage::new()),
+        Box::new(B3::single_and_multi()),
+    ]);
+    let map = inject(&composite, &cx);
+    for unique in ["traceparent", "b3", "x-b3-traceid", "x-b3-spanid"] {
+        let value = map
+            .get(unique)
+            .unwrap_or_else(|| panic!("{unique} injected"));
+        assert!(value.is_sensitive(), "{unique} is never indexed");
+    }
+    // Values that repeat from request to request stay indexable.
+    for repeated in ["tracestate", "baggage"] {
+        let value = map
+            .get(repeated)
+            .unwrap_or_else(|| panic!("{repeated} injected"));
+        assert!(!value.is_sensitive(), "{repeated} stays indexable");
+    }
+    // Marking changes nothing on the wire but the HPACK representation.
+    assert_eq!(
+        map.get("traceparent").unwrap(),
+        &format!("00-{T}-{S}-01")[..]
+    );
+}

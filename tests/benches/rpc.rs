@@ -482,6 +482,8 @@ struct E2e {
     runtime: tokio::runtime::Runtime,
     call: Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>,
     best: f64,
+    /// Calls per second of each round.
+    rounds: Vec<f64>,
 }
 
 const IN_FLIGHT: usize = 64;
@@ -534,6 +536,7 @@ macro_rules! e2e_contender {
             runtime,
             call,
             best: 0.0,
+            rounds: Vec::new(),
         }
     }};
 }
@@ -624,24 +627,37 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) {
     }
     for _ in 0..rounds {
         for c in contenders.iter_mut() {
-            c.best = c.best.max(e2e_round(c, duration));
+            let calls = e2e_round(c, duration);
+            c.best = c.best.max(calls);
+            c.rounds.push(calls);
         }
     }
-    let bare = contenders
-        .iter()
-        .find(|c| c.name.starts_with("bare"))
-        .map_or(f64::NAN, |c| c.best);
+    let bare = contenders.iter().find(|c| c.name.starts_with("bare"));
+    let bare_best = bare.map_or(f64::NAN, |c| c.best);
+    let bare_rounds = bare.map(|c| c.rounds.clone()).unwrap_or_default();
     println!(
-        "\n### End to end over loopback (tonic Greeter, {IN_FLIGHT} calls in flight, best of {rounds} x {duration:?})\n"
+        "\n### End to end over loopback (tonic Greeter, {IN_FLIGHT} calls in flight, {rounds} rounds x {duration:?})\n"
     );
-    println!("| contender | calls/s | vs bare |");
-    println!("|---|---:|---:|");
+    println!(
+        "\"best\": the fastest round of each; \"median ratio\": the median over rounds of the contender's calls/s over bare's in the same round.\n"
+    );
+    println!("| contender | best calls/s | best vs bare | median ratio |");
+    println!("|---|---:|---:|---:|");
     for c in &contenders {
+        let mut ratios: Vec<f64> = c
+            .rounds
+            .iter()
+            .zip(&bare_rounds)
+            .map(|(x, b)| x / b)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
         println!(
-            "| {} | {:.0} | {:.1}% |",
+            "| {} | {:.0} | {:.1}% | {:.1}% |",
             c.name,
             c.best,
-            100.0 * c.best / bare
+            100.0 * c.best / bare_best,
+            100.0 * median
         );
     }
 }

@@ -175,7 +175,8 @@ pub(crate) fn inject_into(cx: &Context, headers: &mut http::HeaderMap) {
     if !sc.is_valid() {
         return;
     }
-    if let Ok(value) = http::HeaderValue::from_bytes(&traceparent(sc)) {
+    if let Ok(mut value) = http::HeaderValue::from_bytes(&traceparent(sc)) {
+        super::carrier::mark_unique(&mut value);
         headers.insert(TRACEPARENT_NAME, value);
     }
     if let Some(state) = tracestate(cx, sc)
