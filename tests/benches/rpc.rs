@@ -310,12 +310,31 @@ where
 
 /// The same minimum written as a tower layer, the way a hand-rolled
 /// middleware must be: the span travels in the response future and then the
-/// body, and ends when the trailers arrive.
+/// body, and ends when the trailers arrive. With `propagate`, the server
+/// extracts W3C Trace Context and makes the caller's context current around
+/// the inner call; the client injects its span's context.
 #[derive(Clone)]
-struct FloorLayer<S> {
-    inner: S,
+struct FloorLayer {
     tracer: SdkTracer,
     histogram: Histogram<f64>,
+    kind: SpanKind,
+    propagate: Option<Arc<TraceContextPropagator>>,
+}
+
+impl<S> Layer<S> for FloorLayer {
+    type Service = FloorService<S>;
+    fn layer(&self, inner: S) -> FloorService<S> {
+        FloorService {
+            inner,
+            floor: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct FloorService<S> {
+    inner: S,
+    floor: FloorLayer,
 }
 
 struct FloorState {
@@ -347,10 +366,10 @@ impl FloorState {
     }
 }
 
-impl<S, B> Service<Req> for FloorLayer<S>
+impl<S, ReqB, B> Service<Request<ReqB>> for FloorService<S>
 where
-    S: Service<Req, Response = Response<B>>,
-    B: Body + Unpin,
+    S: Service<Request<ReqB>, Response = Response<B>>,
+    B: Body,
 {
     type Response = Response<FloorBody<B>>;
     type Error = S::Error;
@@ -360,13 +379,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let start = Instant::now();
         let start_time = SystemTime::now();
-        let span = self
+        let floor = &self.floor;
+        let server = floor.kind == SpanKind::Server;
+        let parent = match &floor.propagate {
+            Some(p) if server => p.extract(&HeaderExtractor(req.headers())),
+            _ => Context::current(),
+        };
+        let span = floor
             .tracer
             .span_builder("helloworld.Greeter/SayHello")
-            .with_kind(SpanKind::Server)
+            .with_kind(floor.kind.clone())
             .with_start_time(start_time)
             .with_attributes([
                 KeyValue::new("rpc.system.name", "grpc"),
@@ -374,14 +399,23 @@ where
                 KeyValue::new("server.address", "127.0.0.1"),
                 KeyValue::new("server.port", 50051i64),
             ])
-            .start(&self.tracer);
+            .start_with_context(&floor.tracer, &parent);
+        let _guard = match &floor.propagate {
+            Some(p) if !server => {
+                let cx = parent.with_remote_span_context(span.span_context().clone());
+                p.inject_context(&cx, &mut HeaderInjector(req.headers_mut()));
+                None
+            }
+            Some(_) => Some(parent.attach()),
+            None => None,
+        };
         FloorFuture {
             inner: self.inner.call(req),
             state: Some(FloorState {
                 span,
                 start,
                 start_time,
-                histogram: self.histogram.clone(),
+                histogram: floor.histogram.clone(),
             }),
         }
     }
@@ -409,27 +443,43 @@ where
     }
 }
 
-struct FloorBody<B> {
-    inner: B,
-    state: Option<FloorState>,
+pin_project_lite::pin_project! {
+    struct FloorBody<B> {
+        #[pin]
+        inner: B,
+        state: Option<FloorState>,
+    }
 }
 
-impl<B: Body + Unpin> Body for FloorBody<B> {
+impl<B: Body> Body for FloorBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if let Some(Ok(f)) = &frame
-            && let Some(t) = f.trailers_ref()
-            && let Some(state) = self.state.take()
-        {
-            state.end(t.get("grpc-status").is_some_and(|v| v.as_bytes() == b"0"));
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(t) = f.trailers_ref()
+                    && let Some(state) = this.state.take()
+                {
+                    state.end(t.get("grpc-status").is_some_and(|v| v.as_bytes() == b"0"));
+                }
+            }
+            _ => {
+                if let Some(state) = this.state.take() {
+                    state.end(false);
+                }
+            }
         }
         Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
     }
 }
 
@@ -569,6 +619,18 @@ fn e2e_round(c: &E2e, duration: Duration) -> f64 {
 fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) {
     use tracing_subscriber::layer::SubscriberExt;
     let ours = ours(sdk, Semconv::Stable);
+    let meter = sdk.meter_provider.meter("floor");
+    let floor_layer = |kind: SpanKind| FloorLayer {
+        tracer: sdk.tracer_provider.tracer("floor"),
+        histogram: meter
+            .f64_histogram(match kind {
+                SpanKind::Server => "rpc.server.call.duration",
+                _ => "rpc.client.call.duration",
+            })
+            .build(),
+        kind,
+        propagate: Some(Arc::new(TraceContextPropagator::new())),
+    };
     let ttoc_dispatch = {
         let subscriber =
             tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(
@@ -583,6 +645,12 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) {
             "bare (no instrumentation)",
             tower::layer::util::Identity::new(),
             tower::layer::util::Identity::new(),
+            None
+        ),
+        e2e_contender!(
+            "floor + W3C (server + client layers)",
+            floor_layer(SpanKind::Server),
+            floor_layer(SpanKind::Client),
             None
         ),
         e2e_contender!(
@@ -808,10 +876,12 @@ fn server_contenders(sdk: &Sdk, messages: u32) -> Vec<Contender> {
         floor_call(&mut f2, true)
     }));
     let mut layer = FloorLayer {
-        inner: handler(messages),
         tracer: sdk.tracer_provider.tracer("floor"),
         histogram,
-    };
+        kind: SpanKind::Server,
+        propagate: None,
+    }
+    .layer(handler(messages));
     out.push(Contender::new(
         "floor as a tower layer (no W3C)",
         move || run_call(&mut layer, true),
