@@ -18,6 +18,32 @@ use tracing::Instrument;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 
+/// Serves `svc` on one HTTP/1.1 or HTTP/2 connection on 127.0.0.1.
+async fn serve_one_connection<S, B>(svc: S) -> std::net::SocketAddr
+where
+    S: tower::Service<Request<hyper::body::Incoming>, Response = Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(
+                TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(svc),
+            )
+            .await;
+    });
+    addr
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn handler_tracing_span_and_outgoing_call_join_the_server_trace() {
     let t = Telemetry::new();
@@ -76,17 +102,7 @@ async fn handler_tracing_span_and_outgoing_call_join_the_server_trace() {
     let svc = ServiceBuilder::new()
         .layer(otel.server_layer())
         .service(handler);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let frontend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(svc),
-            )
-            .await;
-    });
+    let frontend = serve_one_connection(svc).await;
 
     let response = h2_client()
         .oneshot(grpc_request(
@@ -198,17 +214,7 @@ async fn body_poll_contexts(
     let svc = ServiceBuilder::new()
         .layer(otel.server_layer())
         .service(handler);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(svc),
-            )
-            .await;
-    });
+    let addr = serve_one_connection(svc).await;
     let response = h2_client()
         .oneshot(grpc_request(addr, "/stream.Svc/Watch", "application/grpc"))
         .await

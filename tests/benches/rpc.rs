@@ -243,6 +243,26 @@ struct Floor<S> {
     kind: SpanKind,
 }
 
+/// The floor's span: four attributes, a concrete `SdkTracer`.
+fn floor_span(
+    tracer: &SdkTracer,
+    kind: SpanKind,
+    start_time: SystemTime,
+    parent: &Context,
+) -> opentelemetry_sdk::trace::Span {
+    tracer
+        .span_builder("helloworld.Greeter/SayHello")
+        .with_kind(kind)
+        .with_start_time(start_time)
+        .with_attributes([
+            KeyValue::new("rpc.system.name", "grpc"),
+            KeyValue::new("rpc.method", "helloworld.Greeter/SayHello"),
+            KeyValue::new("server.address", "127.0.0.1"),
+            KeyValue::new("server.port", 50051i64),
+        ])
+        .start_with_context(tracer, parent)
+}
+
 /// The floor as a plain function (no boxing): the same work a minimal
 /// hand-written layer does, inline.
 fn floor_call<S>(floor: &mut Floor<S>, traceparent: bool)
@@ -257,18 +277,7 @@ where
         (Some(p), SpanKind::Server) => p.extract(&HeaderExtractor(req.headers())),
         _ => Context::current(),
     };
-    let mut span = floor
-        .tracer
-        .span_builder("helloworld.Greeter/SayHello")
-        .with_kind(floor.kind.clone())
-        .with_start_time(start_time)
-        .with_attributes([
-            KeyValue::new("rpc.system.name", "grpc"),
-            KeyValue::new("rpc.method", "helloworld.Greeter/SayHello"),
-            KeyValue::new("server.address", "127.0.0.1"),
-            KeyValue::new("server.port", 50051i64),
-        ])
-        .start_with_context(&floor.tracer, &parent);
+    let mut span = floor_span(&floor.tracer, floor.kind.clone(), start_time, &parent);
     let _guard = match (&floor.propagate, floor.kind.clone()) {
         (Some(p), SpanKind::Client) => {
             let cx = parent.with_remote_span_context(span.span_context().clone());
@@ -388,18 +397,7 @@ where
             Some(p) if server => p.extract(&HeaderExtractor(req.headers())),
             _ => Context::current(),
         };
-        let span = floor
-            .tracer
-            .span_builder("helloworld.Greeter/SayHello")
-            .with_kind(floor.kind.clone())
-            .with_start_time(start_time)
-            .with_attributes([
-                KeyValue::new("rpc.system.name", "grpc"),
-                KeyValue::new("rpc.method", "helloworld.Greeter/SayHello"),
-                KeyValue::new("server.address", "127.0.0.1"),
-                KeyValue::new("server.port", 50051i64),
-            ])
-            .start_with_context(&floor.tracer, &parent);
+        let span = floor_span(&floor.tracer, floor.kind.clone(), start_time, &parent);
         let _guard = match &floor.propagate {
             Some(p) if !server => {
                 let cx = parent.with_remote_span_context(span.span_context().clone());
