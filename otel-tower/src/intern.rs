@@ -8,6 +8,7 @@
 //! references to their (leaked, bounded) contents.
 
 use std::hash::BuildHasher;
+use std::marker::PhantomData;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
@@ -19,6 +20,10 @@ pub(crate) struct InternTable<V: 'static> {
     cap: usize,
     /// Random per table, so colliding keys cannot be chosen in advance.
     seed: u64,
+    /// The table owns its values and hands out shared references from any
+    /// thread: it is `Send` when `V` is, `Sync` when `V` is `Send + Sync`
+    /// (raw atomic pointers alone would make it both, always).
+    _owns: PhantomData<(Box<V>, std::sync::Mutex<V>)>,
 }
 
 struct Entry<V> {
@@ -37,6 +42,7 @@ impl<V: Send + Sync + 'static> InternTable<V> {
             len: AtomicUsize::new(0),
             cap,
             seed: std::hash::RandomState::new().hash_one(0x5eed_u64),
+            _owns: PhantomData,
         }
     }
 
