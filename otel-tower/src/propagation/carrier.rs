@@ -46,21 +46,23 @@ impl Extractor for HeaderExtractor<'_> {
 #[derive(Debug)]
 pub struct HeaderInjector<'a>(pub &'a mut HeaderMap);
 
-/// The names propagators write, parsed once: `HeaderName::from_bytes`
-/// copies a name that is not a standard HTTP header into a new buffer.
-fn propagation_name(key: &str) -> Option<HeaderName> {
-    Some(HeaderName::from_static(match key {
-        "traceparent" => "traceparent",
-        "tracestate" => "tracestate",
-        "baggage" => "baggage",
-        "b3" => "b3",
-        "x-b3-traceid" => "x-b3-traceid",
-        "x-b3-spanid" => "x-b3-spanid",
-        "x-b3-parentspanid" => "x-b3-parentspanid",
-        "x-b3-sampled" => "x-b3-sampled",
-        "x-b3-flags" => "x-b3-flags",
+/// A header our propagators write: its name, parsed once
+/// (`HeaderName::from_bytes` copies a name that is not a standard HTTP header
+/// into a new buffer), and whether its value carries a per-request span id.
+fn propagation_header(key: &str) -> Option<(HeaderName, bool)> {
+    let (name, unique) = match key {
+        "traceparent" => ("traceparent", true),
+        "tracestate" => ("tracestate", false),
+        "baggage" => ("baggage", false),
+        "b3" => ("b3", true),
+        "x-b3-traceid" => ("x-b3-traceid", true),
+        "x-b3-spanid" => ("x-b3-spanid", true),
+        "x-b3-parentspanid" => ("x-b3-parentspanid", true),
+        "x-b3-sampled" => ("x-b3-sampled", false),
+        "x-b3-flags" => ("x-b3-flags", false),
         _ => return None,
-    }))
+    };
+    Some((HeaderName::from_static(name), unique))
 }
 
 /// Marks a value that differs on every request (a span id) so HTTP/2 sends
@@ -77,20 +79,15 @@ pub(crate) fn mark_unique(value: &mut HeaderValue) {
     value.set_sensitive(true);
 }
 
-/// Whether a propagation header carries a per-request span id.
-fn unique_per_request(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "traceparent" | "b3" | "x-b3-traceid" | "x-b3-spanid" | "x-b3-parentspanid"
-    )
-}
-
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        let name = propagation_name(key).map_or_else(|| HeaderName::from_bytes(key.as_bytes()), Ok);
+        let (name, unique) = match propagation_header(key) {
+            Some((name, unique)) => (Ok(name), unique),
+            None => (HeaderName::from_bytes(key.as_bytes()), false),
+        };
         // `try_from(String)` keeps the string's buffer (no copy).
         if let (Ok(name), Ok(mut value)) = (name, HeaderValue::try_from(value)) {
-            if unique_per_request(&name) {
+            if unique {
                 mark_unique(&mut value);
             }
             self.0.insert(name, value);
