@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
-use opentelemetry::trace::{Link, SpanBuilder, SpanKind, Status, TraceContextExt};
+use opentelemetry::global::ObjectSafeSpan;
+use opentelemetry::trace::{Link, SpanBuilder, SpanKind, SpanRef, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
-use crate::instrumentation::{CapturedHeader, Config, StartSpan};
+use crate::instrumentation::{CapturedHeader, Config, OwnedSpan, StartSpan};
 use crate::request::RpcRequest;
 use crate::semconv::{AttrSink, Attrs, Ending, Facts, MethodRef, Side, keys};
 use crate::wire::connect_error::{self, ERROR_BODY_CAP};
@@ -36,6 +37,67 @@ enum Reader {
     Bytes,
 }
 
+/// Where the call's span lives.
+enum CallSpan {
+    /// The call is not traced.
+    Untraced,
+    /// In the call's context: a server's handlers reach it from there.
+    InContext,
+    /// Owned by the call: a client's span is reached by nothing else, and a
+    /// context would box it a second time, behind an `Arc` and a lock.
+    Owned(OwnedSpan),
+}
+
+/// The call's span, wherever it lives.
+enum SpanHandle<'a> {
+    Shared(SpanRef<'a>),
+    Owned(&'a mut (dyn ObjectSafeSpan + Send + Sync)),
+}
+
+impl SpanHandle<'_> {
+    fn is_recording(&self) -> bool {
+        match self {
+            SpanHandle::Shared(s) => s.is_recording(),
+            SpanHandle::Owned(s) => s.is_recording(),
+        }
+    }
+
+    fn set_attributes(&mut self, attrs: impl IntoIterator<Item = KeyValue>) {
+        match self {
+            SpanHandle::Shared(s) => s.set_attributes(attrs),
+            SpanHandle::Owned(s) => attrs.into_iter().for_each(|kv| s.set_attribute(kv)),
+        }
+    }
+
+    fn set_status(&mut self, status: Status) {
+        match self {
+            SpanHandle::Shared(s) => s.set_status(status),
+            SpanHandle::Owned(s) => s.set_status(status),
+        }
+    }
+
+    fn update_name(&mut self, name: &'static str) {
+        match self {
+            SpanHandle::Shared(s) => s.update_name(name),
+            SpanHandle::Owned(s) => s.update_name(name.into()),
+        }
+    }
+
+    fn add_event(&mut self, name: &'static str, attrs: Vec<KeyValue>) {
+        match self {
+            SpanHandle::Shared(s) => s.add_event(name, attrs),
+            SpanHandle::Owned(s) => s.add_event_with_timestamp(name.into(), SystemTime::now(), attrs),
+        }
+    }
+
+    fn end_with_timestamp(&mut self, time: SystemTime) {
+        match self {
+            SpanHandle::Shared(s) => s.end_with_timestamp(time),
+            SpanHandle::Owned(s) => s.end_with_timestamp(time),
+        }
+    }
+}
+
 /// The per-call state.
 pub(crate) struct Call {
     pub config: Arc<Config>,
@@ -45,9 +107,10 @@ pub(crate) struct Call {
     pub method: MethodRef,
     /// The path to intern when the call shows the method exists.
     pub admit_path: Option<Box<str>>,
-    /// The context of the call: its span when traced, else the parent.
+    /// The context of the call: the parent, with the span when it lives
+    /// there (see `CallSpan`).
     pub cx: Context,
-    pub traced: bool,
+    span: CallSpan,
     pub start: Instant,
     pub start_time: SystemTime,
     pub deadline: Option<Instant>,
@@ -167,7 +230,7 @@ impl Call {
             Some((host, port)) => (Some(host), port),
             None => (None, None),
         };
-        let (cx, traced) = match b.tracer {
+        let (cx, span) = match b.tracer {
             Some(tracer) => {
                 let facts = Facts {
                     mode: config.mode,
@@ -207,16 +270,24 @@ impl Call {
                 };
                 // An untrusted caller's (remote) span becomes a link of a new
                 // trace; a local parent made by another layer stays the parent.
-                let parent_sc = b.parent.span().span_context().clone();
-                let cx = if b.public && parent_sc.is_valid() && parent_sc.is_remote() {
-                    builder.links = Some(vec![Link::with_context(parent_sc)]);
-                    tracer.start(builder, &Context::new(), &b.parent)
+                if b.side == Side::Client {
+                    let span = tracer.start_owned(builder, &b.parent);
+                    (b.parent, CallSpan::Owned(span))
                 } else {
-                    tracer.start(builder, &b.parent, &b.parent)
-                };
-                (cx, true)
+                    // An untrusted caller's (remote) span becomes a link of a
+                    // new trace; a local parent made by another layer stays
+                    // the parent.
+                    let parent_sc = b.parent.span().span_context().clone();
+                    let cx = if b.public && parent_sc.is_valid() && parent_sc.is_remote() {
+                        builder.links = Some(vec![Link::with_context(parent_sc)]);
+                        tracer.start(builder, &Context::new(), &b.parent)
+                    } else {
+                        tracer.start(builder, &b.parent, &b.parent)
+                    };
+                    (cx, CallSpan::InContext)
+                }
             }
-            None => (b.parent, false),
+            None => (b.parent, CallSpan::Untraced),
         };
         Call {
             config: config.clone(),
@@ -226,7 +297,7 @@ impl Call {
             admit_path: (!b.cached).then(|| b.parts.uri.path().into()),
             method: b.method,
             cx,
-            traced,
+            span,
             start: b.start,
             start_time: b.start_time,
             deadline: request_timeout(&b.parts.headers, b.protocol)
@@ -252,6 +323,28 @@ impl Call {
             legacy_base: None,
             response_values: Vec::new(),
             done: false,
+        }
+    }
+
+    fn traced(&self) -> bool {
+        !matches!(self.span, CallSpan::Untraced)
+    }
+
+    /// The call's span, when traced.
+    fn span(&mut self) -> Option<SpanHandle<'_>> {
+        match &mut self.span {
+            CallSpan::Untraced => None,
+            CallSpan::InContext => Some(SpanHandle::Shared(self.cx.span())),
+            CallSpan::Owned(span) => Some(SpanHandle::Owned(&mut **span)),
+        }
+    }
+
+    /// Injects the call's span (or the parent when untraced) into `headers`.
+    pub fn inject(&self, headers: &mut HeaderMap) {
+        let propagator = &self.config.propagator;
+        match &self.span {
+            CallSpan::Owned(span) => propagator.inject_span(&self.cx, span.span_context(), headers),
+            CallSpan::InContext | CallSpan::Untraced => propagator.inject(&self.cx, headers),
         }
     }
 
@@ -282,7 +375,7 @@ impl Call {
 
     /// Whether this call records message events.
     fn events(&self) -> bool {
-        self.traced && self.config.trace_events
+        self.traced() && self.config.trace_events
     }
 
     /// Attribute values of captured headers, one string per header value.
@@ -332,7 +425,7 @@ impl Call {
     }
 
     fn capture_response(&mut self, headers: &HeaderMap) {
-        if !self.traced || self.config.response_headers.is_empty() {
+        if !self.traced() || self.config.response_headers.is_empty() {
             return;
         }
         let mut attrs = Attrs::new();
@@ -347,8 +440,10 @@ impl Call {
         );
         self.response_values = seen;
         self.filter_attributes(&mut attrs);
-        if !attrs.is_empty() {
-            self.cx.span().set_attributes(attrs.drain(..));
+        if !attrs.is_empty()
+            && let Some(mut span) = self.span()
+        {
+            span.set_attributes(attrs.drain(..));
         }
     }
 
@@ -418,8 +513,8 @@ impl Call {
             }
         };
         self.capture_response(&head.headers);
-        if self.side == Side::Server && self.traced && self.config.propagate_response_header {
-            self.config.propagator.inject(&self.cx, &mut head.headers);
+        if self.side == Side::Server && self.traced() && self.config.propagate_response_header {
+            self.inject(&mut head.headers);
         }
     }
 
@@ -491,7 +586,7 @@ impl Call {
     }
 
     fn capture_trailer_block(&mut self, block: &[u8]) {
-        if !self.traced || self.config.response_headers.is_empty() {
+        if !self.traced() || self.config.response_headers.is_empty() {
             return;
         }
         let mut map = HeaderMap::new();
@@ -575,11 +670,14 @@ impl Call {
         }
     }
 
-    fn add_message_event(&self, sent: bool, id: i64, flags: u8, size: u64) {
+    fn add_message_event(&mut self, sent: bool, id: i64, flags: u8, size: u64) {
         let kind = if sent { "SENT" } else { "RECEIVED" };
         let size = size as i64;
-        let span = self.cx.span();
-        if self.config.mode.legacy() {
+        let legacy = self.config.mode.legacy();
+        let Some(mut span) = self.span() else {
+            return;
+        };
+        if legacy {
             span.add_event(
                 "message",
                 vec![
@@ -760,9 +858,8 @@ impl Call {
         let other = self.method.other || renamed;
         let unary = matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet);
 
-        if self.traced {
-            let span = self.cx.span();
-            if span.is_recording() {
+        if self.traced() {
+            if self.span().is_some_and(|s| s.is_recording()) {
                 if unary && self.events() {
                     let response_size = if ending.code == Some(Code::Ok) {
                         self.body_bytes
@@ -780,18 +877,23 @@ impl Call {
                 let facts = self.facts();
                 let mut attrs = Attrs::new();
                 facts.end_attributes(&ending, renamed, &mut attrs);
-                self.filter_attributes(&mut attrs);
-                if renamed && self.config.mode.stable() {
-                    span.update_name(self.system.name());
-                }
                 let status = facts.span_status(&ending);
-                // Drained rather than moved: `Attrs` keeps its items inline.
-                span.set_attributes(attrs.drain(..));
-                if status != Status::Unset {
-                    span.set_status(status);
+                self.filter_attributes(&mut attrs);
+                let rename = (renamed && self.config.mode.stable()).then(|| self.system.name());
+                if let Some(mut span) = self.span() {
+                    if let Some(name) = rename {
+                        span.update_name(name);
+                    }
+                    // Drained rather than moved: `Attrs` keeps its items inline.
+                    span.set_attributes(attrs.drain(..));
+                    if status != Status::Unset {
+                        span.set_status(status);
+                    }
                 }
             }
-            span.end_with_timestamp(end_time);
+            if let Some(mut span) = self.span() {
+                span.end_with_timestamp(end_time);
+            }
         }
 
         if let Some(instruments) = self.config.instruments(self.side) {

@@ -123,7 +123,7 @@ where
             start_time,
         });
         // The injected parent is the client span (or the parent when untraced).
-        config.propagator.inject(&call.cx, &mut parts.headers);
+        call.inject(&mut parts.headers);
         let req = http::Request::from_parts(parts, body);
         ResponseFuture::new(self.inner.call(req), Some(call), None, false)
     }

@@ -497,12 +497,15 @@ impl MethodCache {
     }
 }
 
-/// Starts a call's span and returns the context that carries it.
+/// A span owned by its call alone, outside any context.
+pub(crate) type OwnedSpan = Box<dyn opentelemetry::global::ObjectSafeSpan + Send + Sync>;
+
+/// Starts a call's span.
 ///
 /// A layer holds its tracer behind this trait rather than as a
 /// `BoxedTracer`: the span is then created with its concrete type and boxed
-/// once, by the [`Context`](opentelemetry::Context) that owns it, instead of
-/// once by the boxed tracer and again by the context.
+/// once, by the [`Context`](opentelemetry::Context) or the call that owns it,
+/// instead of once by the boxed tracer and again by its owner.
 pub(crate) trait StartSpan: Send + Sync {
     /// Starts a span from `builder` (sampled against `parent`) and returns
     /// `into` with that span as its active span.
@@ -512,6 +515,14 @@ pub(crate) trait StartSpan: Send + Sync {
         parent: &opentelemetry::Context,
         into: &opentelemetry::Context,
     ) -> opentelemetry::Context;
+
+    /// Starts a span from `builder` (sampled against `parent`) that no
+    /// context will hold.
+    fn start_owned(
+        &self,
+        builder: opentelemetry::trace::SpanBuilder,
+        parent: &opentelemetry::Context,
+    ) -> OwnedSpan;
 }
 
 struct ConcreteTracer<T>(T);
@@ -529,6 +540,14 @@ where
     ) -> opentelemetry::Context {
         use opentelemetry::trace::TraceContextExt;
         into.with_span(self.0.build_with_context(builder, parent))
+    }
+
+    fn start_owned(
+        &self,
+        builder: opentelemetry::trace::SpanBuilder,
+        parent: &opentelemetry::Context,
+    ) -> OwnedSpan {
+        Box::new(self.0.build_with_context(builder, parent))
     }
 }
 

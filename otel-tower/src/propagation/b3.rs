@@ -193,10 +193,9 @@ fn extract_multi(extractor: &dyn Extractor) -> Option<Extracted> {
     }
 }
 
-impl TextMapPropagator for B3 {
-    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
-        let span = cx.span();
-        let sc = span.span_context();
+impl B3 {
+    /// Injects `sc`, with the debug flag taken from `cx`.
+    pub(crate) fn inject_span(&self, cx: &Context, sc: &SpanContext, injector: &mut dyn Injector) {
         if !sc.is_valid() {
             return;
         }
@@ -224,6 +223,12 @@ impl TextMapPropagator for B3 {
                 injector.set(SAMPLED, state.to_string());
             }
         }
+    }
+}
+
+impl TextMapPropagator for B3 {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        self.inject_span(cx, cx.span().span_context(), injector);
     }
 
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {

@@ -31,6 +31,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use opentelemetry::Context;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::propagation::{
     Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter,
 };
@@ -366,17 +367,31 @@ impl Propagation {
 
     /// Injects `cx` into request (or response) headers.
     pub(crate) fn inject(&self, cx: &Context, headers: &mut http::HeaderMap) {
+        self.inject_span(cx, cx.span().span_context(), headers);
+    }
+
+    /// Injects `sc` as the span to continue, with the rest (baggage, verbatim
+    /// trace state, B3 debug) from `cx`: a client's span is held apart from
+    /// any context.
+    pub(crate) fn inject_span(&self, cx: &Context, sc: &SpanContext, headers: &mut http::HeaderMap) {
         match &self.path {
             Path::Native(natives) => {
                 for n in natives {
                     match n {
-                        Native::TraceContext => trace_context::inject_into(cx, headers),
+                        Native::TraceContext => trace_context::inject_into(cx, sc, headers),
                         Native::Baggage => baggage::inject_to(cx, &mut HeaderInjector(headers)),
-                        Native::B3(b3) => b3.inject_context(cx, &mut HeaderInjector(headers)),
+                        Native::B3(b3) => b3.inject_span(cx, sc, &mut HeaderInjector(headers)),
                     }
                 }
             }
-            _ => self.shared.inject_context(cx, &mut HeaderInjector(headers)),
+            _ => {
+                let cx = if cx.span().span_context() == sc {
+                    cx.clone()
+                } else {
+                    cx.with_remote_span_context(sc.clone())
+                };
+                self.shared.inject_context(&cx, &mut HeaderInjector(headers))
+            }
         }
     }
 }

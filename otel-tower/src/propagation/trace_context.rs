@@ -169,9 +169,8 @@ fn tracestate(cx: &Context, sc: &SpanContext) -> Option<String> {
 
 /// Injects straight into a `HeaderMap` (the layers' path: no `String` for
 /// `traceparent`, names parsed once).
-pub(crate) fn inject_into(cx: &Context, headers: &mut http::HeaderMap) {
-    let span = cx.span();
-    let sc = span.span_context();
+/// `sc` is the span to continue; `cx` supplies the verbatim `tracestate`.
+pub(crate) fn inject_into(cx: &Context, sc: &SpanContext, headers: &mut http::HeaderMap) {
     if !sc.is_valid() {
         return;
     }
