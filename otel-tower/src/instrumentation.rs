@@ -538,8 +538,16 @@ where
         parent: &opentelemetry::Context,
         into: &opentelemetry::Context,
     ) -> opentelemetry::Context {
-        use opentelemetry::trace::TraceContextExt;
-        into.with_span(self.0.build_with_context(builder, parent))
+        use opentelemetry::trace::{Span, TraceContextExt};
+        let span = self.0.build_with_context(builder, parent);
+        if span.is_recording() {
+            into.with_span(span)
+        } else {
+            // A span that records nothing is only its span context: the
+            // context carries that alone, without boxing the span behind a
+            // lock. Children, propagation and `is_recording` see the same.
+            into.with_remote_span_context(span.span_context().clone())
+        }
     }
 
     fn start_owned(
