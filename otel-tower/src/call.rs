@@ -86,7 +86,9 @@ impl SpanHandle<'_> {
     fn add_event(&mut self, name: &'static str, attrs: Vec<KeyValue>) {
         match self {
             SpanHandle::Shared(s) => s.add_event(name, attrs),
-            SpanHandle::Owned(s) => s.add_event_with_timestamp(name.into(), SystemTime::now(), attrs),
+            SpanHandle::Owned(s) => {
+                s.add_event_with_timestamp(name.into(), SystemTime::now(), attrs)
+            }
         }
     }
 

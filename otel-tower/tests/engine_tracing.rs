@@ -253,3 +253,120 @@ async fn without_body_context_the_body_runs_in_the_callers_context() {
         "{polls:?}"
     );
 }
+
+/// A caller that declined sampling: the server and client spans record
+/// nothing, yet the handler runs in a new (unsampled) server span of the
+/// caller's trace, and the outgoing call carries its own span id onward.
+#[tokio::test]
+async fn unsampled_calls_still_parent_the_handler_and_propagate() {
+    use opentelemetry::trace::{SpanContext, TraceContextExt};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider};
+
+    let exported = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+        .with_simple_exporter(exported.clone())
+        .build();
+    let t = Telemetry::new();
+    let otel = t.instrumentation().with_tracer_provider(provider);
+
+    // Downstream, uninstrumented: records the traceparent it receives.
+    let received = Arc::new(std::sync::Mutex::new(None));
+    let received2 = received.clone();
+    let downstream = serve(
+        tower::layer::util::Identity::new(),
+        Arc::new(move |req| {
+            *received2.lock().unwrap() = req
+                .headers()
+                .get("traceparent")
+                .map(|v| v.to_str().unwrap().to_string());
+            Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Scripted::data_then_trailers(
+                    &[],
+                    trailers(&[("grpc-status", "0")]),
+                ))
+                .unwrap()
+        }),
+    )
+    .await;
+
+    let seen: Arc<std::sync::Mutex<Option<(SpanContext, SpanContext, bool)>>> = Arc::default();
+    let seen2 = seen.clone();
+    let client_layer = otel.client_layer();
+    let handler = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let current = opentelemetry::Context::current();
+        let in_extensions = req
+            .extensions()
+            .get::<opentelemetry::Context>()
+            .unwrap()
+            .span()
+            .span_context()
+            .clone();
+        *seen2.lock().unwrap() = Some((
+            current.span().span_context().clone(),
+            in_extensions,
+            current.span().is_recording(),
+        ));
+        let client = ServiceBuilder::new()
+            .layer(client_layer.clone())
+            .service(h2_client());
+        async move {
+            let response = client
+                .oneshot(grpc_request(
+                    downstream,
+                    "/backend.Svc/Get",
+                    "application/grpc",
+                ))
+                .await
+                .unwrap();
+            let _ = response.into_body().collect().await;
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/grpc")
+                    .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+                    .unwrap(),
+            )
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(otel.server_layer())
+        .service(handler);
+    let frontend = serve_one_connection(svc).await;
+
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let caller_span = "00f067aa0ba902b7";
+    let mut request = grpc_request(frontend, "/frontend.Svc/Call", "application/grpc");
+    request.headers_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{caller_span}-00").parse().unwrap(),
+    );
+    let response = h2_client().oneshot(request).await.unwrap();
+    let (head, _, _) = read_all(response).await;
+    assert_eq!(head.status, 200);
+
+    let (current, in_extensions, recording) = seen.lock().unwrap().clone().unwrap();
+    assert!(current.is_valid());
+    assert_eq!(current.trace_id().to_string(), trace_id);
+    assert_ne!(
+        current.span_id().to_string(),
+        caller_span,
+        "a new server span"
+    );
+    assert!(!current.is_sampled());
+    assert!(!current.is_remote(), "the server span is local");
+    assert!(!recording);
+    assert_eq!(in_extensions, current, "the extensions carry the same span");
+
+    let traceparent = received.lock().unwrap().clone().expect("propagated");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts[1], trace_id);
+    assert_ne!(parts[2], caller_span);
+    assert_ne!(
+        parts[2],
+        current.span_id().to_string(),
+        "the client span's own id"
+    );
+    assert_eq!(parts[3], "00", "still unsampled");
+    assert!(exported.get_finished_spans().unwrap().is_empty());
+}

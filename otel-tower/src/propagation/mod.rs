@@ -31,10 +31,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use opentelemetry::Context;
-use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry::propagation::{
     Extractor, Injector, TextMapPropagator, text_map_propagator::FieldIter,
 };
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 
 pub use b3::{B3, B3Decision};
 pub use baggage::{Baggage, MAX_BYTES as BAGGAGE_MAX_BYTES, MAX_MEMBERS as BAGGAGE_MAX_MEMBERS};
@@ -373,7 +373,12 @@ impl Propagation {
     /// Injects `sc` as the span to continue, with the rest (baggage, verbatim
     /// trace state, B3 debug) from `cx`: a client's span is held apart from
     /// any context.
-    pub(crate) fn inject_span(&self, cx: &Context, sc: &SpanContext, headers: &mut http::HeaderMap) {
+    pub(crate) fn inject_span(
+        &self,
+        cx: &Context,
+        sc: &SpanContext,
+        headers: &mut http::HeaderMap,
+    ) {
         match &self.path {
             Path::Native(natives) => {
                 for n in natives {
@@ -390,7 +395,8 @@ impl Propagation {
                 } else {
                     cx.with_remote_span_context(sc.clone())
                 };
-                self.shared.inject_context(&cx, &mut HeaderInjector(headers))
+                self.shared
+                    .inject_context(&cx, &mut HeaderInjector(headers))
             }
         }
     }
