@@ -42,7 +42,8 @@ enum CallSpan {
     /// The call is not traced.
     Untraced,
     /// In the call's context: a server's handlers reach it from there.
-    InContext,
+    /// Whether it records is kept here, so that asking costs no lock.
+    InContext { recording: bool },
     /// Owned by the call: a client's span is reached by nothing else, and a
     /// context would box it a second time, behind an `Arc` and a lock.
     Owned(OwnedSpan),
@@ -55,13 +56,6 @@ enum SpanHandle<'a> {
 }
 
 impl SpanHandle<'_> {
-    fn is_recording(&self) -> bool {
-        match self {
-            SpanHandle::Shared(s) => s.is_recording(),
-            SpanHandle::Owned(s) => s.is_recording(),
-        }
-    }
-
     fn set_attributes(&mut self, attrs: impl IntoIterator<Item = KeyValue>) {
         match self {
             SpanHandle::Shared(s) => s.set_attributes(attrs),
@@ -280,13 +274,14 @@ impl Call {
                     // new trace; a local parent made by another layer stays
                     // the parent.
                     let parent_sc = b.parent.span().span_context().clone();
-                    let cx = if b.public && parent_sc.is_valid() && parent_sc.is_remote() {
-                        builder.links = Some(vec![Link::with_context(parent_sc)]);
-                        tracer.start(builder, &Context::new(), &b.parent)
-                    } else {
-                        tracer.start(builder, &b.parent, &b.parent)
-                    };
-                    (cx, CallSpan::InContext)
+                    let (cx, recording) =
+                        if b.public && parent_sc.is_valid() && parent_sc.is_remote() {
+                            builder.links = Some(vec![Link::with_context(parent_sc)]);
+                            tracer.start(builder, &Context::new(), &b.parent)
+                        } else {
+                            tracer.start(builder, &b.parent, &b.parent)
+                        };
+                    (cx, CallSpan::InContext { recording })
                 }
             }
             None => (b.parent, CallSpan::Untraced),
@@ -332,11 +327,19 @@ impl Call {
         !matches!(self.span, CallSpan::Untraced)
     }
 
+    fn recording(&self) -> bool {
+        match &self.span {
+            CallSpan::Untraced => false,
+            CallSpan::InContext { recording } => *recording,
+            CallSpan::Owned(span) => span.is_recording(),
+        }
+    }
+
     /// The call's span, when traced.
     fn span(&mut self) -> Option<SpanHandle<'_>> {
         match &mut self.span {
             CallSpan::Untraced => None,
-            CallSpan::InContext => Some(SpanHandle::Shared(self.cx.span())),
+            CallSpan::InContext { .. } => Some(SpanHandle::Shared(self.cx.span())),
             CallSpan::Owned(span) => Some(SpanHandle::Owned(&mut **span)),
         }
     }
@@ -346,7 +349,7 @@ impl Call {
         let propagator = &self.config.propagator;
         match &self.span {
             CallSpan::Owned(span) => propagator.inject_span(&self.cx, span.span_context(), headers),
-            CallSpan::InContext | CallSpan::Untraced => propagator.inject(&self.cx, headers),
+            CallSpan::InContext { .. } | CallSpan::Untraced => propagator.inject(&self.cx, headers),
         }
     }
 
@@ -377,7 +380,7 @@ impl Call {
 
     /// Whether this call records message events.
     fn events(&self) -> bool {
-        self.traced() && self.config.trace_events
+        self.config.trace_events && self.recording()
     }
 
     /// Attribute values of captured headers, one string per header value.
@@ -427,7 +430,7 @@ impl Call {
     }
 
     fn capture_response(&mut self, headers: &HeaderMap) {
-        if !self.traced() || self.config.response_headers.is_empty() {
+        if !self.recording() || self.config.response_headers.is_empty() {
             return;
         }
         let mut attrs = Attrs::new();
@@ -588,7 +591,7 @@ impl Call {
     }
 
     fn capture_trailer_block(&mut self, block: &[u8]) {
-        if !self.traced() || self.config.response_headers.is_empty() {
+        if !self.recording() || self.config.response_headers.is_empty() {
             return;
         }
         let mut map = HeaderMap::new();
@@ -861,7 +864,7 @@ impl Call {
         let unary = matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet);
 
         if self.traced() {
-            if self.span().is_some_and(|s| s.is_recording()) {
+            if self.recording() {
                 if unary && self.events() {
                     let response_size = if ending.code == Some(Code::Ok) {
                         self.body_bytes

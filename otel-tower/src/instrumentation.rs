@@ -508,13 +508,14 @@ pub(crate) type OwnedSpan = Box<dyn opentelemetry::global::ObjectSafeSpan + Send
 /// instead of once by the boxed tracer and again by its owner.
 pub(crate) trait StartSpan: Send + Sync {
     /// Starts a span from `builder` (sampled against `parent`) and returns
-    /// `into` with that span as its active span.
+    /// `into` with that span as its active span, and whether the span
+    /// records (known here without taking the context's lock on the span).
     fn start(
         &self,
         builder: opentelemetry::trace::SpanBuilder,
         parent: &opentelemetry::Context,
         into: &opentelemetry::Context,
-    ) -> opentelemetry::Context;
+    ) -> (opentelemetry::Context, bool);
 
     /// Starts a span from `builder` (sampled against `parent`) that no
     /// context will hold.
@@ -537,16 +538,19 @@ where
         builder: opentelemetry::trace::SpanBuilder,
         parent: &opentelemetry::Context,
         into: &opentelemetry::Context,
-    ) -> opentelemetry::Context {
+    ) -> (opentelemetry::Context, bool) {
         use opentelemetry::trace::{Span, TraceContextExt};
         let span = self.0.build_with_context(builder, parent);
         if span.is_recording() {
-            into.with_span(span)
+            (into.with_span(span), true)
         } else {
             // A span that records nothing is only its span context: the
             // context carries that alone, without boxing the span behind a
             // lock. Children, propagation and `is_recording` see the same.
-            into.with_remote_span_context(span.span_context().clone())
+            (
+                into.with_remote_span_context(span.span_context().clone()),
+                false,
+            )
         }
     }
 
