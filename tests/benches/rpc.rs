@@ -932,15 +932,15 @@ fn server_contenders(sdk: &Sdk, messages: u32) -> Vec<Contender> {
     out
 }
 
-fn client_contenders(sdk: &Sdk) -> Vec<Contender> {
+fn client_contenders(sdk: &Sdk, messages: u32) -> Vec<Contender> {
     let mut out = Vec::new();
-    let mut bare = handler(1);
+    let mut bare = handler(messages);
     out.push(Contender::new("bare (no instrumentation)", move || {
         run_call(&mut bare, false)
     }));
     let meter = sdk.meter_provider.meter("floor");
     let floor = Floor {
-        inner: handler(1),
+        inner: handler(messages),
         tracer: sdk.tracer_provider.tracer("floor"),
         histogram: meter.f64_histogram("rpc.client.call.duration").build(),
         propagate: None,
@@ -955,24 +955,55 @@ fn client_contenders(sdk: &Sdk) -> Vec<Contender> {
     out.push(Contender::new("floor + W3C inject", move || {
         floor_call(&mut f2, false)
     }));
-    let mut svc = ours(sdk, Semconv::Stable).client_layer().layer(handler(1));
-    out.push(Contender::new("otel-tower client Stable", move || {
-        run_call(&mut svc, false)
-    }));
-    let mut svc = ours(sdk, Semconv::Stable)
-        .with_tracer_provider(sdk.unsampled_provider.clone())
-        .client_layer()
-        .layer(handler(1));
-    out.push(Contender::new("otel-tower client unsampled", move || {
-        run_call(&mut svc, false)
-    }));
+    let variants = [
+        ("otel-tower client Stable", ours(sdk, Semconv::Stable)),
+        (
+            "otel-tower client unsampled",
+            ours(sdk, Semconv::Stable).with_tracer_provider(sdk.unsampled_provider.clone()),
+        ),
+        (
+            "otel-tower client metrics only",
+            ours(sdk, Semconv::Stable).without_tracing(),
+        ),
+        (
+            "otel-tower client tracing only",
+            ours(sdk, Semconv::Stable).without_metrics(),
+        ),
+        ("otel-tower client Legacy", ours(sdk, Semconv::Legacy)),
+    ];
+    for (name, otel) in variants {
+        let mut svc = otel.client_layer().layer(handler(messages));
+        out.push(Contender::new(name, move || run_call(&mut svc, false)));
+    }
     let dispatch = tracing_dispatch(sdk);
-    let mut ttoc = tonic_tracing_opentelemetry::middleware::client::OtelGrpcLayer.layer(handler(1));
+    let mut ttoc =
+        tonic_tracing_opentelemetry::middleware::client::OtelGrpcLayer.layer(handler(messages));
     out.push(Contender::new(
         "tonic-tracing-opentelemetry 0.42 client",
         move || tracing::dispatcher::with_default(&dispatch, || run_call(&mut ttoc, false)),
     ));
     out
+}
+
+/// Prints the per-message cost of contender `name`: its extra time (and
+/// allocations) over bare on the 1000-message stream, less the same on the
+/// unary call, over 1000 messages.
+fn per_message(name: &str, stream: &[Contender], unary: &[Contender]) {
+    let get = |v: &[Contender], n: &str| {
+        v.iter()
+            .find(|c| c.name.starts_with(n))
+            .map_or((f64::NAN, f64::NAN), |c| (c.best_ns, c.allocs))
+    };
+    let (stream_ns, stream_allocs) = get(stream, name);
+    let (stream_bare, stream_bare_allocs) = get(stream, "bare");
+    let (unary_ns, unary_allocs) = get(unary, name);
+    let (unary_bare, unary_bare_allocs) = get(unary, "bare");
+    let per_message = ((stream_ns - stream_bare) - (unary_ns - unary_bare)) / 1000.0;
+    let allocs_per_message =
+        ((stream_allocs - stream_bare_allocs) - (unary_allocs - unary_bare_allocs)) / 1000.0;
+    println!(
+        "\nper-message cost with events off ({name}): {per_message:.1} ns, {allocs_per_message:.3} allocs"
+    );
 }
 
 fn tracing_dispatch(sdk: &Sdk) -> tracing::Dispatch {
@@ -1015,7 +1046,7 @@ fn main() {
         "floor",
     );
 
-    let mut client = client_contenders(&sdk);
+    let mut client = client_contenders(&sdk, 1);
     measure(&mut client, opts.rounds, opts.calls);
     report(
         "Client side, unary",
@@ -1056,21 +1087,24 @@ fn main() {
         "otel-tower Stable (spans+metrics+W3C)",
         "otel-tower Stable, without_body_context",
     ] {
-        let get = |v: &[Contender], n: &str| {
-            v.iter()
-                .find(|c| c.name.starts_with(n))
-                .map_or((f64::NAN, f64::NAN), |c| (c.best_ns, c.allocs))
-        };
-        let (stream_ns, stream_allocs) = get(&stream, name);
-        let (stream_bare, stream_bare_allocs) = get(&stream, "bare");
-        let (unary_ns, unary_allocs) = get(&server, name);
-        let (unary_bare, unary_bare_allocs) = get(&server, "bare");
-        let per_message = ((stream_ns - stream_bare) - (unary_ns - unary_bare)) / 1000.0;
-        let allocs_per_message =
-            ((stream_allocs - stream_bare_allocs) - (unary_allocs - unary_bare_allocs)) / 1000.0;
-        println!(
-            "\nper-message cost with events off ({name}): {per_message:.1} ns, {allocs_per_message:.3} allocs"
-        );
+        per_message(name, &stream, &server);
     }
+
+    let mut client_stream: Vec<Contender> = client_contenders(&sdk, 1000)
+        .into_iter()
+        .filter(|c| {
+            c.name.starts_with("bare")
+                || c.name == "floor"
+                || c.name.starts_with("otel-tower client Stable")
+        })
+        .collect();
+    measure(&mut client_stream, opts.rounds, opts.stream_calls);
+    report(
+        "Client side, stream of 1000 messages",
+        &client_stream,
+        "bare (no instrumentation)",
+        "floor",
+    );
+    per_message("otel-tower client Stable", &client_stream, &client);
     println!("\nspans ended: {}", sdk.ended.load(Ordering::Relaxed));
 }
