@@ -264,8 +264,8 @@ impl Call {
                     attributes: Some(attributes),
                     ..Default::default()
                 };
-                // An untrusted caller's (remote) span becomes a link of a new
-                // trace; a local parent made by another layer stays the parent.
+                // Only the server's span must be reachable from a context
+                // (handlers find it there); the client's is the call's alone.
                 if b.side == Side::Client {
                     let span = tracer.start_owned(builder, &b.parent);
                     (b.parent, CallSpan::Owned(span))
