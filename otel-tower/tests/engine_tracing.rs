@@ -44,6 +44,38 @@ where
     addr
 }
 
+/// One gRPC call to `/backend.Svc/Get` on `addr` through `layer`, the
+/// response read to the end.
+async fn call_backend(layer: otel_tower::ClientLayer, addr: std::net::SocketAddr) {
+    let response = ServiceBuilder::new()
+        .layer(layer)
+        .service(h2_client())
+        .oneshot(grpc_request(addr, "/backend.Svc/Get", "application/grpc"))
+        .await
+        .unwrap();
+    let _ = response.into_body().collect().await;
+}
+
+/// A gRPC response with an empty body.
+fn empty_grpc_response()
+-> Result<Response<http_body_util::combinators::BoxBody<Bytes, Infallible>>, Infallible> {
+    Ok(Response::builder()
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::new()).boxed())
+        .unwrap())
+}
+
+/// A backend that answers every call with gRPC OK.
+fn grpc_ok() -> Response<Scripted> {
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(Scripted::data_then_trailers(
+            &[],
+            trailers(&[("grpc-status", "0")]),
+        ))
+        .unwrap()
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn handler_tracing_span_and_outgoing_call_join_the_server_trace() {
     let t = Telemetry::new();
@@ -57,46 +89,17 @@ async fn handler_tracing_span_and_outgoing_call_join_the_server_trace() {
     let otel = t.instrumentation();
 
     // Downstream service.
-    let downstream = serve(
-        otel.server_layer(),
-        Arc::new(|_| {
-            Response::builder()
-                .header("content-type", "application/grpc")
-                .body(Scripted::data_then_trailers(
-                    &[],
-                    trailers(&[("grpc-status", "0")]),
-                ))
-                .unwrap()
-        }),
-    )
-    .await;
+    let downstream = serve(otel.server_layer(), Arc::new(|_| grpc_ok())).await;
 
     // Frontend whose handler opens a tracing span and calls downstream.
     let client_layer = otel.client_layer();
     let handler = tower::service_fn(move |_req: Request<hyper::body::Incoming>| {
-        let client = ServiceBuilder::new()
-            .layer(client_layer.clone())
-            .service(h2_client());
+        let client_layer = client_layer.clone();
         async move {
-            async {
-                let response = client
-                    .oneshot(grpc_request(
-                        downstream,
-                        "/backend.Svc/Get",
-                        "application/grpc",
-                    ))
-                    .await
-                    .unwrap();
-                let _ = response.into_body().collect().await;
-            }
-            .instrument(tracing::info_span!("handler work"))
-            .await;
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/grpc")
-                    .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
-                    .unwrap(),
-            )
+            call_backend(client_layer, downstream)
+                .instrument(tracing::info_span!("handler work"))
+                .await;
+            empty_grpc_response()
         }
     });
     let svc = ServiceBuilder::new()
@@ -280,13 +283,7 @@ async fn unsampled_calls_still_parent_the_handler_and_propagate() {
                 .headers()
                 .get("traceparent")
                 .map(|v| v.to_str().unwrap().to_string());
-            Response::builder()
-                .header("content-type", "application/grpc")
-                .body(Scripted::data_then_trailers(
-                    &[],
-                    trailers(&[("grpc-status", "0")]),
-                ))
-                .unwrap()
+            grpc_ok()
         }),
     )
     .await;
@@ -308,25 +305,10 @@ async fn unsampled_calls_still_parent_the_handler_and_propagate() {
             in_extensions,
             current.span().is_recording(),
         ));
-        let client = ServiceBuilder::new()
-            .layer(client_layer.clone())
-            .service(h2_client());
+        let client_layer = client_layer.clone();
         async move {
-            let response = client
-                .oneshot(grpc_request(
-                    downstream,
-                    "/backend.Svc/Get",
-                    "application/grpc",
-                ))
-                .await
-                .unwrap();
-            let _ = response.into_body().collect().await;
-            Ok::<_, Infallible>(
-                Response::builder()
-                    .header("content-type", "application/grpc")
-                    .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
-                    .unwrap(),
-            )
+            call_backend(client_layer, downstream).await;
+            empty_grpc_response()
         }
     });
     let svc = ServiceBuilder::new()
