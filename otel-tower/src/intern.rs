@@ -129,20 +129,40 @@ impl<V: Send + Sync + 'static> InternTable<V> {
 }
 
 /// A word-at-a-time multiplicative hash: the keys are short paths and host
-/// names, and a lookup runs on every call.
+/// names, and a lookup runs on every call. The tail is read as one
+/// overlapping word rather than copied into a buffer: a copy of a few bytes
+/// followed by a wide read stalls on store forwarding.
 fn hash(seed: u64, key: &[u8]) -> u64 {
     const K: u64 = 0x9e37_79b9_7f4a_7c15;
     let mix = |h: u64, w: u64| (h ^ w).wrapping_mul(K).rotate_left(29);
-    let mut h = seed ^ (key.len() as u64).wrapping_mul(K);
-    let mut chunks = key.chunks_exact(8);
-    for c in &mut chunks {
-        h = mix(h, u64::from_le_bytes(c.try_into().unwrap_or_default()));
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut word = [0u8; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        h = mix(h, u64::from_le_bytes(word));
+    let word = |i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&key[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    let half = |i: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&key[i..i + 4]);
+        u64::from(u32::from_le_bytes(w))
+    };
+    let len = key.len();
+    // The length is mixed in, so keys that differ only by an overlapped
+    // tail still hash apart most of the time (equal keys are compared anyway).
+    let mut h = seed ^ (len as u64).wrapping_mul(K);
+    if len >= 8 {
+        let mut i = 0;
+        while i + 8 <= len {
+            h = mix(h, word(i));
+            i += 8;
+        }
+        if i < len {
+            h = mix(h, word(len - 8));
+        }
+    } else if len >= 4 {
+        h = mix(h, half(0) | half(len - 4) << 32);
+    } else if len > 0 {
+        let byte = |i: usize| u64::from(key[i]);
+        h = mix(h, byte(0) | byte(len / 2) << 8 | byte(len - 1) << 16);
     }
     h ^ (h >> 32)
 }
@@ -162,7 +182,38 @@ impl<V: 'static> Drop for InternTable<V> {
 
 #[cfg(test)]
 mod tests {
-    use super::InternTable;
+    use super::{InternTable, hash};
+
+    #[test]
+    fn hash_reads_every_byte() {
+        for len in 0..=40usize {
+            let key: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let base = hash(7, &key);
+            for i in 0..len {
+                let mut changed = key.clone();
+                changed[i] ^= 0x20;
+                assert_ne!(hash(7, &changed), base, "len {len}, byte {i}");
+            }
+            // A longer key with the same prefix is another key.
+            let mut longer = key.clone();
+            longer.push(b'a');
+            assert_ne!(hash(7, &longer), base, "len {len}");
+        }
+    }
+
+    #[test]
+    fn keys_of_every_length_are_found() {
+        let t = InternTable::new(64);
+        let keys: Vec<String> = (0..40)
+            .map(|n| "/pkg.Svc/Method".repeat(3)[..n].to_string())
+            .collect();
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(t.insert(k, || i), Some(&i));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(t.get(k), Some(&i), "{k:?}");
+        }
+    }
 
     #[test]
     fn interns_up_to_the_cap() {
