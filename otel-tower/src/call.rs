@@ -904,10 +904,22 @@ impl Call {
         if let Some(instruments) = self.config.instruments(self.side) {
             let facts = self.facts();
             if let Some(h) = &instruments.call_duration {
-                let mut attrs = Attrs::new();
-                facts.stable_metric_attributes(&ending, other, &mut attrs);
-                self.filter_attributes(&mut attrs);
-                h.record(elapsed.as_secs_f64(), &attrs);
+                // The common case, a successful server call, has one set of
+                // attributes per method: built once, not per call.
+                let prebuilt = (self.side == Side::Server
+                    && ending.code == Some(Code::Ok)
+                    && self.config.attribute_filter.is_none())
+                .then(|| self.method.server_ok_metric(self.system))
+                .flatten();
+                match prebuilt {
+                    Some(attrs) => h.record(elapsed.as_secs_f64(), attrs),
+                    None => {
+                        let mut attrs = Attrs::new();
+                        facts.stable_metric_attributes(&ending, other, &mut attrs);
+                        self.filter_attributes(&mut attrs);
+                        h.record(elapsed.as_secs_f64(), &attrs);
+                    }
+                }
             }
             if let Some(legacy) = &instruments.legacy {
                 let mut attrs = Attrs::new();

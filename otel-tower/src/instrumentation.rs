@@ -465,6 +465,7 @@ impl MethodCache {
                     short: intern(p.method),
                     full,
                     other,
+                    server_ok_metric: Default::default(),
                 }
             }
             None => MethodNames {
@@ -473,6 +474,7 @@ impl MethodCache {
                 short: StringValue::from(""),
                 span_name: Cow::Borrowed(keys::OTHER),
                 other: true,
+                server_ok_metric: Default::default(),
             },
         }
     }
@@ -492,7 +494,7 @@ impl MethodCache {
             if let Some(p) = Procedure::parse(path) {
                 names.span_name = Cow::Borrowed(leak(p.full));
             }
-            &*Box::leak(Box::new(names))
+            &*Box::leak(Box::new(names.with_server_ok_metric()))
         });
     }
 }

@@ -589,3 +589,48 @@ async fn unimplemented_is_renamed_to_other_in_every_mode() {
         }
     }
 }
+
+/// Successful server calls record one metric series per method and system,
+/// whether their attributes were built for the call (before the method is
+/// interned) or pre-built with the method (after); the attribute filter
+/// applies to both.
+#[tokio::test]
+async fn server_metric_series_are_the_same_before_and_after_interning() {
+    const GRPC_OK: &str = "/observability.ping.v1.PingService/GrpcOk";
+    for filtered in [false, true] {
+        let t = Telemetry::new();
+        let mut otel = t.instrumentation().without_tracing();
+        if filtered {
+            otel = otel.with_attribute_filter(|_, kv| kv.key.as_str() != "rpc.method");
+        }
+        let addr = serve(otel.server_layer(), Arc::new(ping_server_response)).await;
+        for _ in 0..3 {
+            call_once(&otel, addr, connect_request(addr, PING)).await;
+            call_once(&otel, addr, grpc_request(addr, GRPC_OK, "application/grpc")).await;
+        }
+        let server: Vec<HistPoint> = t
+            .histograms()
+            .into_iter()
+            .filter(|p| p.name == "rpc.server.call.duration")
+            .collect();
+        assert_eq!(server.len(), 2, "one series per method: {server:?}");
+        for p in &server {
+            assert_eq!(p.count, 3, "{p:?}");
+            assert_eq!(p.attributes.contains_key("rpc.method"), !filtered, "{p:?}");
+        }
+        let grpc = server
+            .iter()
+            .find(|p| p.attributes["rpc.system.name"] == "grpc")
+            .unwrap();
+        assert_eq!(grpc.attributes["rpc.status_code"], "OK");
+        let connect = server
+            .iter()
+            .find(|p| p.attributes["rpc.system.name"] == "connectrpc")
+            .unwrap();
+        assert!(!connect.attributes.contains_key("rpc.status_code"));
+        if !filtered {
+            assert_eq!(grpc.attributes["rpc.method"], &GRPC_OK[1..]);
+            assert_eq!(connect.attributes["rpc.method"], &PING[1..]);
+        }
+    }
+}
