@@ -12,6 +12,28 @@ use opentelemetry::Context;
 
 use crate::call::Call;
 
+/// Which context a response future, then its body, make current while they
+/// run (the server side; the client makes none current).
+pub(crate) enum Current {
+    /// None.
+    Nothing,
+    /// The call's own context: held once, by the call.
+    Call,
+    /// This context (a server call that is not observed: the caller's).
+    Context(Context),
+}
+
+impl Current {
+    /// The context to attach, if any, while the call (if any) still runs.
+    fn get<'a>(&'a self, call: Option<&'a Call>) -> Option<&'a Context> {
+        match self {
+            Current::Nothing => None,
+            Current::Call => call.filter(|c| !c.is_done()).map(|c| &c.cx),
+            Current::Context(cx) => call.is_none_or(|c| !c.is_done()).then_some(cx),
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A response body that passes every frame through unchanged while the
     /// RPC it belongs to is observed. Same `Data` and `Error` as the inner
@@ -20,7 +42,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         call: Option<Call>,
-        attach: Option<Context>,
+        current: Current,
     }
 
 }
@@ -34,11 +56,11 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn new(inner: B, call: Option<Call>, attach: Option<Context>) -> Self {
+    pub(crate) fn new(inner: B, call: Option<Call>, current: Current) -> Self {
         ResponseBody {
             inner,
             call,
-            attach,
+            current,
         }
     }
 }
@@ -74,11 +96,9 @@ impl<B: Body> Body for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         // The context is current while the body runs, until the RPC is over.
-        let running = this.call.as_ref().is_none_or(|c| !c.is_done());
         let _guard = this
-            .attach
-            .as_ref()
-            .filter(|_| running)
+            .current
+            .get(this.call.as_ref())
             .map(|c| c.clone().attach());
         let mut inner = this.inner;
         let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -127,8 +147,8 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         call: Option<Call>,
-        attach: Option<Context>,
-        // Whether `attach` stays current while the body is polled.
+        current: Current,
+        // Whether `current` stays current while the body is polled.
         body_context: bool,
     }
 }
@@ -142,16 +162,11 @@ impl<F> std::fmt::Debug for ResponseFuture<F> {
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn new(
-        inner: F,
-        call: Option<Call>,
-        attach: Option<Context>,
-        body_context: bool,
-    ) -> Self {
+    pub(crate) fn new(inner: F, call: Option<Call>, current: Current, body_context: bool) -> Self {
         ResponseFuture {
             inner,
             call,
-            attach,
+            current,
             body_context,
         }
     }
@@ -167,7 +182,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _guard = this.attach.as_ref().map(|c| c.clone().attach());
+            let _guard = this
+                .current
+                .get(this.call.as_ref())
+                .map(|c| c.clone().attach());
             // A panicking handler is a failed call, recorded before the
             // panic goes on its way.
             let inner = this.inner;
@@ -181,7 +199,11 @@ where
                 }
             }
         };
-        let attach = this.attach.take().filter(|_| *this.body_context);
+        let current = if *this.body_context {
+            std::mem::replace(this.current, Current::Nothing)
+        } else {
+            Current::Nothing
+        };
         Poll::Ready(match result {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
@@ -200,7 +222,7 @@ where
                 }
                 Ok(http::Response::from_parts(
                     head,
-                    ResponseBody::new(body, call, attach),
+                    ResponseBody::new(body, call, current),
                 ))
             }
             Err(e) => {

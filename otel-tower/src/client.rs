@@ -7,7 +7,7 @@ use opentelemetry::Context;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{ResponseBody, ResponseFuture};
+use crate::body::{Current, ResponseBody, ResponseFuture};
 use crate::call::{Begin, Call};
 use crate::instrumentation::Config;
 use crate::request::RpcRequest;
@@ -77,7 +77,7 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let Some(protocol) = Protocol::detect(req.method(), req.uri(), req.headers()) else {
-            return ResponseFuture::new(self.inner.call(req), None, None, false);
+            return ResponseFuture::new(self.inner.call(req), None, Current::Nothing, false);
         };
         let (start, start_time) = crate::clock::now();
         let config = &self.config;
@@ -96,7 +96,7 @@ where
         if tracer.is_none() && !metered {
             config.propagator.inject(&parent, &mut parts.headers);
             let req = http::Request::from_parts(parts, body);
-            return ResponseFuture::new(self.inner.call(req), None, None, false);
+            return ResponseFuture::new(self.inner.call(req), None, Current::Nothing, false);
         }
 
         let request_size = matches!(protocol, Protocol::ConnectUnary | Protocol::ConnectGet)
@@ -125,6 +125,6 @@ where
         // The injected parent is the client span (or the parent when untraced).
         call.inject(&mut parts.headers);
         let req = http::Request::from_parts(parts, body);
-        ResponseFuture::new(self.inner.call(req), Some(call), None, false)
+        ResponseFuture::new(self.inner.call(req), Some(call), Current::Nothing, false)
     }
 }

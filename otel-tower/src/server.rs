@@ -8,7 +8,7 @@ use opentelemetry::trace::TraceContextExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::body::{ResponseBody, ResponseFuture};
+use crate::body::{Current, ResponseBody, ResponseFuture};
 use crate::call::{Begin, Call};
 use crate::instrumentation::Config;
 use crate::propagation::B3Decision;
@@ -87,7 +87,7 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let Some(protocol) = Protocol::detect(req.method(), req.uri(), req.headers()) else {
-            return ResponseFuture::new(self.inner.call(req), None, None, false);
+            return ResponseFuture::new(self.inner.call(req), None, Current::Nothing, false);
         };
         let (start, start_time) = crate::clock::now();
         let config = &self.config;
@@ -121,7 +121,12 @@ where
                 let _guard = parent.clone().attach();
                 self.inner.call(req)
             };
-            return ResponseFuture::new(future, None, Some(parent), config.body_context);
+            return ResponseFuture::new(
+                future,
+                None,
+                Current::Context(parent),
+                config.body_context,
+            );
         }
 
         // A B3 "do not sample" without ids is honoured: no span, metrics only.
@@ -151,14 +156,12 @@ where
             start,
             start_time,
         });
-        let cx = call.cx.clone();
-
-        parts.extensions.insert(cx.clone());
+        parts.extensions.insert(call.cx.clone());
         let req = http::Request::from_parts(parts, body);
         let future = {
-            let _guard = cx.clone().attach();
+            let _guard = call.cx.clone().attach();
             self.inner.call(req)
         };
-        ResponseFuture::new(future, Some(call), Some(cx), config.body_context)
+        ResponseFuture::new(future, Some(call), Current::Call, config.body_context)
     }
 }
