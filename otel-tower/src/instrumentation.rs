@@ -548,7 +548,10 @@ where
         } else {
             // A span that records nothing is only its span context: the
             // context carries that alone, without boxing the span behind a
-            // lock. Children, propagation and `is_recording` see the same.
+            // lock. Children, propagation and `is_recording` see the same;
+            // the span itself is dropped now rather than ended with the
+            // call, which for a non-recording span (the SDK's, the API's
+            // no-op) does nothing.
             (
                 into.with_remote_span_context(span.span_context().clone()),
                 false,

@@ -352,3 +352,80 @@ async fn unsampled_calls_still_parent_the_handler_and_propagate() {
     assert_eq!(parts[3], "00", "still unsampled");
     assert!(exported.get_finished_spans().unwrap().is_empty());
 }
+
+/// A propagator the engine does not know: writes the span id it is given
+/// and a baggage entry.
+#[derive(Debug)]
+struct SpanIdPropagator;
+
+impl opentelemetry::propagation::TextMapPropagator for SpanIdPropagator {
+    fn inject_context(
+        &self,
+        cx: &opentelemetry::Context,
+        injector: &mut dyn opentelemetry::propagation::Injector,
+    ) {
+        use opentelemetry::baggage::BaggageExt;
+        use opentelemetry::trace::TraceContextExt;
+        injector.set("x-span-id", cx.span().span_context().span_id().to_string());
+        if let Some(tenant) = cx.baggage().get("tenant") {
+            injector.set("x-tenant", tenant.to_string());
+        }
+    }
+
+    fn extract_with_context(
+        &self,
+        cx: &opentelemetry::Context,
+        _extractor: &dyn opentelemetry::propagation::Extractor,
+    ) -> opentelemetry::Context {
+        cx.clone()
+    }
+
+    fn fields(&self) -> opentelemetry::propagation::text_map_propagator::FieldIter<'_> {
+        opentelemetry::propagation::text_map_propagator::FieldIter::new(&[])
+    }
+}
+
+/// A custom propagator on the client injects the client span (held by the
+/// call, not by a context) and still sees the caller's baggage.
+#[tokio::test]
+async fn custom_propagator_injects_the_client_span_and_the_callers_baggage() {
+    use opentelemetry::baggage::BaggageExt;
+    let t = Telemetry::new();
+    let otel = t.instrumentation().with_propagator(SpanIdPropagator);
+    let received = Arc::new(std::sync::Mutex::new(None));
+    let received2 = received.clone();
+    let backend = serve(
+        tower::layer::util::Identity::new(),
+        Arc::new(move |req| {
+            let get = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string())
+            };
+            *received2.lock().unwrap() = Some((get("x-span-id"), get("x-tenant")));
+            grpc_ok()
+        }),
+    )
+    .await;
+    let mut request = grpc_request(backend, "/backend.Svc/Get", "application/grpc");
+    request.extensions_mut().insert(
+        opentelemetry::Context::new()
+            .with_baggage([opentelemetry::KeyValue::new("tenant", "acme")]),
+    );
+    let response = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let (_, _, trailers) = read_all(response).await;
+    assert_eq!(trailers.unwrap().get("grpc-status").unwrap(), "0");
+    let client = t.wait_spans(1).await.remove(0);
+    assert_eq!(client.span_kind, SpanKind::Client);
+    let (span_id, tenant) = received.lock().unwrap().clone().unwrap();
+    assert_eq!(
+        span_id.as_deref(),
+        Some(client.span_context.span_id().to_string().as_str())
+    );
+    assert_eq!(tenant.as_deref(), Some("acme"));
+}

@@ -367,12 +367,16 @@ impl Propagation {
 
     /// Injects `cx` into request (or response) headers.
     pub(crate) fn inject(&self, cx: &Context, headers: &mut http::HeaderMap) {
-        self.inject_span(cx, cx.span().span_context(), headers);
+        match &self.path {
+            Path::Native(_) => self.inject_span(cx, cx.span().span_context(), headers),
+            _ => self.shared.inject_context(cx, &mut HeaderInjector(headers)),
+        }
     }
 
     /// Injects `sc` as the span to continue, with the rest (baggage, verbatim
     /// trace state, B3 debug) from `cx`: a client's span is held apart from
-    /// any context.
+    /// any context. A custom propagator sees `sc` as the context's span
+    /// context only, not the span itself (which it has no use for).
     pub(crate) fn inject_span(
         &self,
         cx: &Context,
@@ -390,11 +394,7 @@ impl Propagation {
                 }
             }
             _ => {
-                let cx = if cx.span().span_context() == sc {
-                    cx.clone()
-                } else {
-                    cx.with_remote_span_context(sc.clone())
-                };
+                let cx = cx.with_remote_span_context(sc.clone());
                 self.shared
                     .inject_context(&cx, &mut HeaderInjector(headers))
             }
