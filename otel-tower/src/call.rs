@@ -348,8 +348,12 @@ impl Call {
     pub fn inject(&self, headers: &mut HeaderMap) {
         let propagator = &self.config.propagator;
         match &self.span {
-            CallSpan::Owned(span) => propagator.inject_span(&self.cx, span.span_context(), headers),
-            CallSpan::InContext { .. } | CallSpan::Untraced => propagator.inject(&self.cx, headers),
+            CallSpan::Owned(span) => {
+                propagator.inject_span(&self.cx, span.span_context(), headers, self.start)
+            }
+            CallSpan::InContext { .. } | CallSpan::Untraced => {
+                propagator.inject(&self.cx, headers, self.start)
+            }
         }
     }
 

@@ -94,7 +94,7 @@ where
         let tracer = config.tracer.as_deref().filter(|_| instrumented);
         let metered = instrumented && config.client_instruments.is_some();
         if tracer.is_none() && !metered {
-            config.propagator.inject(&parent, &mut parts.headers);
+            config.propagator.inject(&parent, &mut parts.headers, start);
             let req = http::Request::from_parts(parts, body);
             return ResponseFuture::new(self.inner.call(req), None, Current::Nothing, false);
         }

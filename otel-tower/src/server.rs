@@ -109,7 +109,7 @@ where
             .filter(|cx| cx.span().span_context().is_valid())
             .cloned()
             .unwrap_or_else(|| {
-                Context::map_current(|cur| config.propagator.extract(cur, &parts.headers))
+                Context::map_current(|cur| config.propagator.extract(cur, &parts.headers, start))
             });
 
         let tracer = config.tracer.as_deref().filter(|_| instrumented);

@@ -885,7 +885,7 @@ fn server_contenders(sdk: &Sdk, messages: u32) -> Vec<Contender> {
         move || run_call(&mut layer, true),
     ));
 
-    let variants: [(&str, Instrumentation); 6] = [
+    let variants: [(&str, Instrumentation); 7] = [
         (
             "otel-tower Stable (spans+metrics+W3C)",
             ours(sdk, Semconv::Stable),
@@ -893,6 +893,12 @@ fn server_contenders(sdk: &Sdk, messages: u32) -> Vec<Contender> {
         (
             "otel-tower Stable, without_body_context",
             ours(sdk, Semconv::Stable).without_body_context(),
+        ),
+        (
+            "otel-tower Stable, default propagator",
+            Instrumentation::new()
+                .with_tracer_provider(sdk.tracer_provider.clone())
+                .with_meter_provider(sdk.meter_provider.clone()),
         ),
         (
             "otel-tower unsampled",
@@ -970,6 +976,12 @@ fn client_contenders(sdk: &Sdk, messages: u32) -> Vec<Contender> {
             ours(sdk, Semconv::Stable).without_metrics(),
         ),
         ("otel-tower client Legacy", ours(sdk, Semconv::Legacy)),
+        (
+            "otel-tower client Stable, default propagator",
+            Instrumentation::new()
+                .with_tracer_provider(sdk.tracer_provider.clone())
+                .with_meter_provider(sdk.meter_provider.clone()),
+        ),
     ];
     for (name, otel) in variants {
         let mut svc = otel.client_layer().layer(handler(messages));
@@ -1072,7 +1084,8 @@ fn main() {
         .into_iter()
         .filter(|c| {
             c.name.starts_with("bare")
-                || c.name.starts_with("otel-tower Stable")
+                || c.name == "otel-tower Stable (spans+metrics+W3C)"
+                || c.name == "otel-tower Stable, without_body_context"
                 || c.name.starts_with("floor")
         })
         .collect();
@@ -1093,9 +1106,7 @@ fn main() {
     let mut client_stream: Vec<Contender> = client_contenders(&sdk, 1000)
         .into_iter()
         .filter(|c| {
-            c.name.starts_with("bare")
-                || c.name == "floor"
-                || c.name.starts_with("otel-tower client Stable")
+            c.name.starts_with("bare") || c.name == "floor" || c.name == "otel-tower client Stable"
         })
         .collect();
     measure(&mut client_stream, opts.rounds, opts.stream_calls);

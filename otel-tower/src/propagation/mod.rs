@@ -27,8 +27,10 @@ mod hex;
 mod layers;
 mod trace_context;
 
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use opentelemetry::Context;
 use opentelemetry::propagation::{
@@ -126,7 +128,10 @@ impl TextMapPropagator for CompositePropagator {
 ///
 /// opentelemetry's global default is a no-op with no fields; this detects it
 /// on each use, so a global installed after the layers were built is still
-/// honoured.
+/// honoured. The server and client layers look less often: each thread at
+/// most once a second while no global is installed (the global sits behind
+/// a process-wide lock that every call would otherwise take), so a global
+/// installed while calls are being served is in use within a second.
 #[derive(Debug)]
 pub struct DefaultPropagator {
     fallback: CompositePropagator,
@@ -268,6 +273,39 @@ impl Native {
     }
 }
 
+/// What the default propagator runs when the application installed none.
+const DEFAULT_NATIVES: &[Native] = &[Native::TraceContext, Native::Baggage];
+
+/// How long a thread trusts what it last saw of the global propagator.
+const GLOBAL_RECHECK: Duration = Duration::from_secs(1);
+
+thread_local! {
+    static GLOBAL_SEEN: Cell<Option<(Instant, bool)>> = const { Cell::new(None) };
+}
+
+/// Whether the application installed a global propagator, for the layers.
+///
+/// The global sits behind a process-wide lock: asking on every call would
+/// make every core write the lock's cache line. A thread asks again once
+/// [`GLOBAL_RECHECK`] has passed (by the call's clock reading `now`) since
+/// it last asked, so a propagator installed while calls are being served
+/// is in use within that time. Once one is installed, each call runs it.
+fn global_installed(now: Instant) -> bool {
+    GLOBAL_SEEN.with(|seen| {
+        if let Some((at, installed)) = seen.get()
+            && now
+                .checked_duration_since(at)
+                .is_none_or(|d| d < GLOBAL_RECHECK)
+        {
+            return installed;
+        }
+        let installed =
+            opentelemetry::global::get_text_map_propagator(|g| g.fields().next().is_some());
+        seen.set(Some((now, installed)));
+        installed
+    })
+}
+
 fn extract_natives(natives: &[Native], cx: &Context, headers: &http::HeaderMap) -> Context {
     let Some((first, rest)) = natives.split_first() else {
         return cx.clone();
@@ -348,28 +386,34 @@ impl Propagation {
         }
     }
 
-    /// Extracts the caller's context from request headers, on top of `cx`.
-    pub(crate) fn extract(&self, cx: &Context, headers: &http::HeaderMap) -> Context {
+    /// The native propagators this call runs, if it runs ours: the
+    /// configured ones, or the default's when no global is installed.
+    fn natives(&self, now: Instant) -> Option<&[Native]> {
         match &self.path {
-            Path::Native(natives) => extract_natives(natives, cx, headers),
-            Path::Default => opentelemetry::global::get_text_map_propagator(|global| {
-                if global.fields().next().is_some() {
-                    global.extract_with_context(cx, &HeaderExtractor(headers))
-                } else {
-                    extract_natives(&[Native::TraceContext, Native::Baggage], cx, headers)
-                }
-            }),
-            Path::Foreign => self
+            Path::Native(natives) => Some(natives),
+            Path::Default if !global_installed(now) => Some(DEFAULT_NATIVES),
+            Path::Default | Path::Foreign => None,
+        }
+    }
+
+    /// Extracts the caller's context from request headers, on top of `cx`;
+    /// `now` is the call's start.
+    pub(crate) fn extract(&self, cx: &Context, headers: &http::HeaderMap, now: Instant) -> Context {
+        match self.natives(now) {
+            Some(natives) => extract_natives(natives, cx, headers),
+            // The default's `with` re-checks the global under its lock.
+            None => self
                 .shared
                 .extract_with_context(cx, &HeaderExtractor(headers)),
         }
     }
 
-    /// Injects `cx` into request (or response) headers.
-    pub(crate) fn inject(&self, cx: &Context, headers: &mut http::HeaderMap) {
-        match &self.path {
-            Path::Native(_) => self.inject_span(cx, cx.span().span_context(), headers),
-            _ => self.shared.inject_context(cx, &mut HeaderInjector(headers)),
+    /// Injects `cx` into request (or response) headers; `now` is the call's
+    /// start.
+    pub(crate) fn inject(&self, cx: &Context, headers: &mut http::HeaderMap, now: Instant) {
+        match self.natives(now) {
+            Some(natives) => inject_natives(natives, cx, cx.span().span_context(), headers),
+            None => self.shared.inject_context(cx, &mut HeaderInjector(headers)),
         }
     }
 
@@ -382,22 +426,32 @@ impl Propagation {
         cx: &Context,
         sc: &SpanContext,
         headers: &mut http::HeaderMap,
+        now: Instant,
     ) {
-        match &self.path {
-            Path::Native(natives) => {
-                for n in natives {
-                    match n {
-                        Native::TraceContext => trace_context::inject_into(cx, sc, headers),
-                        Native::Baggage => baggage::inject_to(cx, &mut HeaderInjector(headers)),
-                        Native::B3(b3) => b3.inject_span(cx, sc, &mut HeaderInjector(headers)),
-                    }
-                }
-            }
-            _ => {
+        match self.natives(now) {
+            Some(natives) => inject_natives(natives, cx, sc, headers),
+            None => {
                 let cx = cx.with_remote_span_context(sc.clone());
                 self.shared
                     .inject_context(&cx, &mut HeaderInjector(headers))
             }
+        }
+    }
+}
+
+/// Injects `sc` (and what `cx` carries) with our propagators, straight into
+/// the `HeaderMap`.
+fn inject_natives(
+    natives: &[Native],
+    cx: &Context,
+    sc: &SpanContext,
+    headers: &mut http::HeaderMap,
+) {
+    for n in natives {
+        match n {
+            Native::TraceContext => trace_context::inject_into(cx, sc, headers),
+            Native::Baggage => baggage::inject_to(cx, &mut HeaderInjector(headers)),
+            Native::B3(b3) => b3.inject_span(cx, sc, &mut HeaderInjector(headers)),
         }
     }
 }
