@@ -1,7 +1,11 @@
-//! connectrpc code generation for the examples, with cargo alone: the protoc
-//! bundled by `protoc-bin-vendored` writes a descriptor set, and
-//! `connectrpc-build` turns it into buffa messages, service traits and
-//! clients (`$OUT_DIR/_connectrpc_ping.rs`).
+//! connectrpc code generation, with cargo alone: the protoc bundled by
+//! `protoc-bin-vendored` writes a descriptor set
+//! (`$OUT_DIR/ping_descriptor.bin`), and `connectrpc-build` turns it into
+//! buffa messages, service traits and clients
+//! (`$OUT_DIR/_connectrpc_ping.rs`). It reads `proto/connect` of the package
+//! being built: the examples' own, and the integration tests' (whose build
+//! script includes this file; their interop peers also read the descriptor
+//! set at run time).
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -4,7 +4,8 @@
 #[path = "build_tonic.rs"]
 mod build_tonic;
 
-#[path = "build_connect.rs"]
+// The same generator as the examples', run on this package's protos.
+#[path = "../examples/build_connect.rs"]
 mod build_connect;
 
 fn main() {
