@@ -10,7 +10,7 @@ use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use opentelemetry::Context;
 
-use crate::call::Call;
+use crate::call::{Call, fail_on_panic};
 
 /// Which context a response future, then its body, make current while they
 /// run (the server side; the client makes none current).
@@ -101,18 +101,9 @@ impl<B: Body> Body for ResponseBody<B> {
             .get(this.call.as_ref())
             .map(|c| c.clone().attach());
         let mut inner = this.inner;
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            inner.as_mut().poll_frame(cx)
-        }));
-        let result = match polled {
-            Ok(poll) => ready!(poll),
-            Err(panic) => {
-                if let Some(call) = this.call.as_mut() {
-                    call.on_panic();
-                }
-                std::panic::resume_unwind(panic)
-            }
-        };
+        let result = ready!(fail_on_panic(this.call.as_mut(), || inner
+            .as_mut()
+            .poll_frame(cx)));
         if let Some(call) = this.call.as_mut() {
             match &result {
                 Some(Ok(frame)) => {
@@ -186,18 +177,8 @@ where
                 .current
                 .get(this.call.as_ref())
                 .map(|c| c.clone().attach());
-            // A panicking handler is a failed call, recorded before the
-            // panic goes on its way.
             let inner = this.inner;
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
-                Ok(poll) => ready!(poll),
-                Err(panic) => {
-                    if let Some(call) = this.call.as_mut() {
-                        call.on_panic();
-                    }
-                    std::panic::resume_unwind(panic)
-                }
-            }
+            ready!(fail_on_panic(this.call.as_mut(), || inner.poll(cx)))
         };
         let current = if *this.body_context {
             std::mem::replace(this.current, Current::Nothing)

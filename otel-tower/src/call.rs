@@ -10,7 +10,7 @@ use opentelemetry::global::ObjectSafeSpan;
 use opentelemetry::trace::{Link, SpanBuilder, SpanKind, SpanRef, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
-use crate::instrumentation::{CapturedHeader, Config, OwnedSpan, StartSpan};
+use crate::instrumentation::{CapturedHeader, Config, OwnedSpan, StartSpan, host_port};
 use crate::request::RpcRequest;
 use crate::semconv::{AttrSink, Attrs, Ending, Facts, MethodRef, Side, keys};
 use crate::wire::connect_error::{self, ERROR_BODY_CAP};
@@ -162,12 +162,9 @@ pub(crate) struct Begin<'a> {
 
 /// Host and port of the authority the request addresses: the URI's
 /// authority (`:authority` in HTTP/2) or the `Host` header.
-fn authority_host_port(
-    parts: &http::request::Parts,
-    hosts: &crate::instrumentation::HostCache,
-) -> Option<(StringValue, Option<u16>)> {
+fn authority_host_port(parts: &http::request::Parts) -> Option<(StringValue, Option<u16>)> {
     if let Some(authority) = parts.uri.authority() {
-        return Some(hosts.get(authority));
+        return Some(host_port(authority));
     }
     let parsed = parts
         .headers
@@ -176,7 +173,7 @@ fn authority_host_port(
         .ok()?
         .parse::<http::uri::Authority>()
         .ok()?;
-    Some(hosts.get(&parsed))
+    Some(host_port(&parsed))
 }
 
 /// How long after the call started its deadline counts as passed: the
@@ -222,7 +219,7 @@ impl Call {
     /// the state that watches the response. The span context is `call.cx`.
     pub fn begin(b: Begin<'_>) -> Self {
         let config = b.config;
-        let (server_address, server_port) = match authority_host_port(b.parts, &config.hosts) {
+        let (server_address, server_port) = match authority_host_port(b.parts) {
             Some((host, port)) => (Some(host), port),
             None => (None, None),
         };
@@ -948,11 +945,30 @@ impl Call {
             }
         }
 
+        // The method exists if the peer answered it (a response head came)
+        // with anything but UNIMPLEMENTED: a call cancelled or timed out
+        // before that proves nothing, and must not let random paths in.
         if !other
             && ending.code.is_some()
+            && self.http_status != 0
             && let Some(path) = self.admit_path.take()
         {
             self.config.methods.admit(&path);
+        }
+    }
+}
+
+/// Runs `f`, a step of the inner service (its `call`, a poll of its future
+/// or body): if it panics, the call (if any) is recorded as failed before
+/// the panic goes on its way.
+pub(crate) fn fail_on_panic<T>(call: Option<&mut Call>, f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(out) => out,
+        Err(panic) => {
+            if let Some(call) = call {
+                call.on_panic();
+            }
+            std::panic::resume_unwind(panic)
         }
     }
 }
@@ -967,6 +983,61 @@ impl Drop for Call {
 
 #[cfg(test)]
 mod tests {
+    /// A method is interned once a peer answered it with anything but
+    /// UNIMPLEMENTED; a call cancelled before any response proves nothing
+    /// (else a peer resetting random paths would fill the cache).
+    #[test]
+    fn only_answered_methods_are_interned() {
+        use std::convert::Infallible;
+        use std::future::Future;
+        use tower::{Layer, Service};
+
+        type Empty = http_body_util::Empty<bytes::Bytes>;
+        let otel = crate::Instrumentation::new()
+            .with_tracer_provider(opentelemetry_sdk::trace::SdkTracerProvider::builder().build());
+        let config = otel.config();
+        let grpc = |status: &'static str| {
+            http::Response::builder()
+                .header("content-type", "application/grpc")
+                .header("grpc-status", status)
+                .body(Empty::new())
+                .unwrap()
+        };
+        let mut svc =
+            otel.server_layer()
+                .layer(tower::service_fn(move |req: http::Request<Empty>| {
+                    let path = req.uri().path().to_owned();
+                    async move {
+                        match path.as_str() {
+                            "/pkg.Svc/Hangs" => std::future::pending().await,
+                            "/pkg.Svc/Missing" => Ok::<_, Infallible>(grpc("12")),
+                            _ => Ok(grpc("0")),
+                        }
+                    }
+                }));
+        let mut call = |path: &str| {
+            let request = http::Request::post(format!("http://127.0.0.1:1{path}"))
+                .header("content-type", "application/grpc")
+                .body(Empty::new())
+                .unwrap();
+            let mut future = Box::pin(svc.call(request));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            // One poll: the answer, or a call still waiting that is then
+            // dropped (cancelled before any response).
+            let _ = future.as_mut().poll(&mut cx);
+        };
+        for path in ["/pkg.Svc/Hangs", "/pkg.Svc/Missing", "/pkg.Svc/Answers"] {
+            assert!(!config.methods.lookup(path).1, "{path} starts unknown");
+            call(path);
+        }
+        assert!(!config.methods.lookup("/pkg.Svc/Hangs").1, "cancelled");
+        assert!(
+            !config.methods.lookup("/pkg.Svc/Missing").1,
+            "unimplemented"
+        );
+        assert!(config.methods.lookup("/pkg.Svc/Answers").1, "answered");
+    }
+
     #[test]
     fn call_state_stays_small() {
         // It is moved from the service into the future and then the body.

@@ -8,7 +8,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{Current, ResponseBody, ResponseFuture};
-use crate::call::{Begin, Call};
+use crate::call::{Begin, Call, fail_on_panic};
 use crate::instrumentation::Config;
 use crate::request::RpcRequest;
 use crate::semconv::Side;
@@ -106,7 +106,7 @@ where
                     .or_else(|| content_length(&parts.headers))
             })
             .flatten();
-        let call = Call::begin(Begin {
+        let mut call = Call::begin(Begin {
             config,
             side: Side::Client,
             protocol,
@@ -125,6 +125,8 @@ where
         // The injected parent is the client span (or the parent when untraced).
         call.inject(&mut parts.headers);
         let req = http::Request::from_parts(parts, body);
-        ResponseFuture::new(self.inner.call(req), Some(call), Current::Nothing, false)
+        let inner = &mut self.inner;
+        let future = fail_on_panic(Some(&mut call), || inner.call(req));
+        ResponseFuture::new(future, Some(call), Current::Nothing, false)
     }
 }

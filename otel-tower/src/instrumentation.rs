@@ -26,10 +26,24 @@ type AttributePredicate = Arc<dyn Fn(&RpcRequest<'_>, &KeyValue) -> bool + Send 
 type TracerFactory = Arc<dyn Fn(InstrumentationScope) -> Arc<dyn StartSpan> + Send + Sync>;
 type PeerAddrFn = Arc<dyn Fn(&http::Extensions) -> Option<SocketAddr> + Send + Sync>;
 
-/// How many distinct methods get pre-built names (interned once, shared by
-/// every later call). Only methods that did not end UNIMPLEMENTED are
-/// admitted, so scanners probing random paths cannot fill it.
+/// How many distinct methods a configuration gets pre-built names for
+/// (interned once, shared by every later call). Only methods that answered
+/// with something other than UNIMPLEMENTED are admitted, so scanners probing
+/// random paths cannot fill it.
 const METHOD_CACHE_CAP: usize = 1024;
+
+/// How many distinct methods the whole process keeps names for. The names
+/// are leaked (`&'static`, so that a call clones them without touching a
+/// reference count, and spans exported after a layer is gone can still point
+/// at them), so they are kept once per process and shared by every
+/// configuration: building layers over and over (`otel_tower::client()` per
+/// request, say) reuses them instead of leaking a copy per configuration.
+const METHOD_NAMES_CAP: usize = 4096;
+
+/// The process's interned method names, keyed by path (see
+/// [`METHOD_NAMES_CAP`]).
+static METHOD_NAMES: std::sync::LazyLock<InternTable<MethodNames>> =
+    std::sync::LazyLock::new(|| InternTable::new(METHOD_NAMES_CAP));
 
 #[derive(Clone)]
 struct Options {
@@ -382,44 +396,36 @@ impl CapturedHeader {
     }
 }
 
-/// Most distinct authorities interned for `server.address`/`server.port`.
-const HOST_CACHE_CAP: usize = 256;
+/// Most distinct authorities interned for `server.address`/`server.port`,
+/// for the whole process (the host names are leaked, see
+/// [`METHOD_NAMES_CAP`]).
+const HOST_CACHE_CAP: usize = 1024;
 
-/// Interned `server.address` and `server.port` values, by authority
-/// (`host:port` as the request carries it), so the authority is parsed once.
-pub(crate) struct HostCache {
-    table: InternTable<(&'static str, Option<u16>)>,
-}
+/// The process's interned `server.address` and `server.port` values, by
+/// authority (`host:port` as the request carries it), so an authority is
+/// parsed once.
+static HOSTS: std::sync::LazyLock<InternTable<(&'static str, Option<u16>)>> =
+    std::sync::LazyLock::new(|| InternTable::new(HOST_CACHE_CAP));
 
-impl Default for HostCache {
-    fn default() -> Self {
-        HostCache {
-            table: InternTable::new(HOST_CACHE_CAP),
-        }
+/// `server.address` (brackets of an IPv6 literal removed) and `server.port`
+/// of an authority. Interned hosts are leaked on purpose, at most
+/// `HOST_CACHE_CAP` of them per process, so cloning the value per call never
+/// touches a shared reference count.
+pub(crate) fn host_port(authority: &http::uri::Authority) -> (StringValue, Option<u16>) {
+    if let Some((host, port)) = HOSTS.get(authority.as_str()) {
+        return (StringValue::from(*host), *port);
     }
-}
-
-impl HostCache {
-    /// `server.address` (brackets of an IPv6 literal removed) and
-    /// `server.port` of an authority. Interned hosts are leaked on purpose:
-    /// at most `HOST_CACHE_CAP` of them, so cloning the value per call never
-    /// touches a shared reference count.
-    pub fn get(&self, authority: &http::uri::Authority) -> (StringValue, Option<u16>) {
-        if let Some((host, port)) = self.table.get(authority.as_str()) {
-            return (StringValue::from(*host), *port);
-        }
-        let host = authority.host();
-        let host = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host);
-        let port = authority.port_u16();
-        match self.table.insert(authority.as_str(), || {
-            (&*Box::leak(host.to_owned().into_boxed_str()), port)
-        }) {
-            Some((host, port)) => (StringValue::from(*host), *port),
-            None => (StringValue::from(Arc::<str>::from(host)), port),
-        }
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port = authority.port_u16();
+    match HOSTS.insert(authority.as_str(), || {
+        (&*Box::leak(host.to_owned().into_boxed_str()), port)
+    }) {
+        Some((host, port)) => (StringValue::from(*host), *port),
+        None => (StringValue::from(Arc::<str>::from(host)), port),
     }
 }
 
@@ -457,7 +463,7 @@ impl MethodCache {
     fn parse(&self, path: &str, intern: impl Fn(&str) -> StringValue) -> MethodNames {
         match Procedure::parse(path) {
             Some(p) => {
-                let other = self.known.as_ref().is_some_and(|k| !k.contains(p.full));
+                let other = self.other(Some(&p));
                 let full = intern(p.full);
                 MethodNames {
                     span_name: Cow::Owned(p.full.to_owned()),
@@ -485,17 +491,33 @@ impl MethodCache {
     }
 
     /// Interns a method that turned out to exist, so later calls share its
-    /// names. The strings are leaked on purpose: at most
-    /// `METHOD_CACHE_CAP` of them, for the process lifetime.
+    /// names: at most `METHOD_CACHE_CAP` per configuration, whose names come
+    /// from the process-wide [`METHOD_NAMES`].
     pub fn admit(&self, path: &str) {
-        self.table.insert(path, || {
+        if self.table.get(path).is_some() {
+            return;
+        }
+        let procedure = Procedure::parse(path);
+        // Whether the method is `_OTHER` is this configuration's to say
+        // (known methods), so it is part of the process-wide key.
+        let key = format!("{}{path}", u8::from(self.other(procedure.as_ref())));
+        let Some(names) = METHOD_NAMES.insert(&key, || {
             let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
             let mut names = self.parse(path, |s| StringValue::from(leak(s)));
-            if let Some(p) = Procedure::parse(path) {
+            if let Some(p) = &procedure {
                 names.span_name = Cow::Borrowed(leak(p.full));
             }
-            &*Box::leak(Box::new(names.with_server_ok_metric()))
-        });
+            names.with_server_ok_metric()
+        }) else {
+            return;
+        };
+        self.table.insert(path, || names);
+    }
+
+    /// Whether a method is reported as `_OTHER` by this configuration: its
+    /// path does not parse, or known methods are set and it is not one.
+    fn other(&self, procedure: Option<&Procedure>) -> bool {
+        procedure.is_none_or(|p| self.known.as_ref().is_some_and(|k| !k.contains(p.full)))
     }
 }
 
@@ -588,7 +610,6 @@ pub(crate) struct Config {
     pub mode: Semconv,
     pub methods: MethodCache,
     pub peer_addr_fn: PeerAddrFn,
-    pub hosts: HostCache,
 }
 
 impl Config {
@@ -654,7 +675,6 @@ impl Config {
             peer_addr_fn: o.peer_addr_fn.clone().unwrap_or_else(|| {
                 Arc::new(|ext: &http::Extensions| ext.get::<SocketAddr>().copied())
             }),
-            hosts: HostCache::default(),
         }
     }
 

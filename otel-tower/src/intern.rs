@@ -4,8 +4,9 @@
 //! different cores would contend on the lock's cache line even though the
 //! tables almost never change. Here a lookup is a few atomic loads, and an
 //! insert claims an empty slot with one compare-and-swap. Entries live as long
-//! as the table and are never replaced, so a reader can hand out `&'static`
-//! references to their (leaked, bounded) contents.
+//! as the table and are never replaced, so a reader can hand out references
+//! that live as long as the table: `&'static` ones for the process-wide tables
+//! of leaked names.
 
 use std::hash::BuildHasher;
 use std::marker::PhantomData;

@@ -9,7 +9,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::{Current, ResponseBody, ResponseFuture};
-use crate::call::{Begin, Call};
+use crate::call::{Begin, Call, fail_on_panic};
 use crate::instrumentation::Config;
 use crate::propagation::B3Decision;
 use crate::request::RpcRequest;
@@ -140,7 +140,7 @@ where
         let request_size = matches!(protocol, Protocol::ConnectUnary)
             .then(|| content_length(&parts.headers))
             .flatten();
-        let call = Call::begin(Begin {
+        let mut call = Call::begin(Begin {
             config,
             side: Side::Server,
             protocol,
@@ -160,7 +160,8 @@ where
         let req = http::Request::from_parts(parts, body);
         let future = {
             let _guard = call.cx.clone().attach();
-            self.inner.call(req)
+            let inner = &mut self.inner;
+            fail_on_panic(Some(&mut call), || inner.call(req))
         };
         ResponseFuture::new(future, Some(call), Current::Call, config.body_context)
     }

@@ -231,3 +231,56 @@ async fn filter_skips_telemetry_but_still_propagates() {
     assert!(header.to_str().unwrap().contains(&trace_id));
     assert!(t.histograms().is_empty(), "filtered: no metrics");
 }
+
+/// A service whose `call` itself panics (before any future exists): the
+/// call is a failure without a code, as a panic in the future or body is,
+/// not CANCELLED; on both sides, recorded once, and the panic goes on.
+#[test]
+fn panic_in_the_services_call_is_an_error_without_a_code() {
+    use opentelemetry::trace::Status;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use tower::{Layer, Service};
+
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    let panicking = || {
+        tower::service_fn(|_req: http::Request<http_body_util::Full<Bytes>>| {
+            panic!("boom");
+            #[allow(unreachable_code)]
+            std::future::ready(Ok::<
+                Response<http_body_util::Full<Bytes>>,
+                std::convert::Infallible,
+            >(Response::new(Default::default())))
+        })
+    };
+    let request = || {
+        http::Request::post("http://127.0.0.1:1/pkg.Svc/Panics")
+            .header("content-type", "application/grpc")
+            .body(http_body_util::Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let mut server = otel.server_layer().layer(panicking());
+    let mut client = otel.client_layer().layer(panicking());
+    let server_panic = catch_unwind(AssertUnwindSafe(|| drop(server.call(request()))));
+    let client_panic = catch_unwind(AssertUnwindSafe(|| drop(client.call(request()))));
+    assert_eq!(
+        server_panic.unwrap_err().downcast_ref::<&str>(),
+        Some(&"boom"),
+        "the panic goes on"
+    );
+    assert!(client_panic.is_err());
+
+    assert_eq!(t.finished_spans().len(), 2, "each span ends once");
+    for (kind, metric) in [
+        (SpanKind::Server, "rpc.server.call.duration"),
+        (SpanKind::Client, "rpc.client.call.duration"),
+    ] {
+        let span = t.span(kind.clone());
+        assert_eq!(span.status, Status::error("panicked"), "{kind:?}");
+        assert_eq!(attrs(&span).get("rpc.status_code"), None, "{kind:?}");
+        assert_eq!(attrs(&span)["error.type"], "_OTHER", "{kind:?}");
+        let points = t.histogram(metric);
+        assert_eq!(points.iter().map(|p| p.count).sum::<u64>(), 1, "{kind:?}");
+        assert_eq!(points[0].attributes["error.type"], "_OTHER", "{kind:?}");
+    }
+}
