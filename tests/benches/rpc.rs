@@ -614,7 +614,9 @@ fn e2e_round(c: &E2e, duration: Duration) -> f64 {
     })
 }
 
-fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) {
+/// Runs the loopback contenders; returns each one's best and median ratio
+/// to bare.
+fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str, f64, f64)> {
     use tracing_subscriber::layer::SubscriberExt;
     let ours = ours(sdk, Semconv::Stable);
     let meter = sdk.meter_provider.meter("floor");
@@ -685,7 +687,7 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) {
     {
         contenders.retain(|c| c.name.contains(solo.as_str()));
         if contenders.is_empty() {
-            return;
+            return Vec::new();
         }
     }
     for c in &contenders {
@@ -709,6 +711,7 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) {
     );
     println!("| contender | best calls/s | best vs bare | median ratio |");
     println!("|---|---:|---:|---:|");
+    let mut out = Vec::new();
     for c in &contenders {
         let mut ratios: Vec<f64> = c
             .rounds
@@ -725,7 +728,9 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) {
             100.0 * c.best / bare_best,
             100.0 * median
         );
+        out.push((c.name, c.best / bare_best, median));
     }
+    out
 }
 
 // ---------------------------------------------------------------- harness
@@ -1000,7 +1005,7 @@ fn client_contenders(sdk: &Sdk, messages: u32) -> Vec<Contender> {
 /// Prints the per-message cost of contender `name`: its extra time (and
 /// allocations) over bare on the 1000-message stream, less the same on the
 /// unary call, over 1000 messages.
-fn per_message(name: &str, stream: &[Contender], unary: &[Contender]) {
+fn per_message(name: &str, stream: &[Contender], unary: &[Contender]) -> (f64, f64) {
     let get = |v: &[Contender], n: &str| {
         v.iter()
             .find(|c| c.name.starts_with(n))
@@ -1016,6 +1021,7 @@ fn per_message(name: &str, stream: &[Contender], unary: &[Contender]) {
     println!(
         "\nper-message cost with events off ({name}): {per_message:.1} ns, {allocs_per_message:.3} allocs"
     );
+    (per_message, allocs_per_message)
 }
 
 fn tracing_dispatch(sdk: &Sdk) -> tracing::Dispatch {
@@ -1049,6 +1055,7 @@ fn main() {
         end_to_end(&sdk, opts.rounds, Duration::from_millis(1000));
         return;
     }
+    let mut targets = Targets::default();
     let mut server = server_contenders(&sdk, 1);
     measure(&mut server, opts.rounds, opts.calls);
     report(
@@ -1067,12 +1074,14 @@ fn main() {
         "floor",
     );
 
+    targets.unary(&server, &client);
     if std::env::args().any(|a| a == "--no-stream") {
+        targets.print();
         return;
     }
     if !std::env::args().any(|a| a == "--no-e2e") {
         let quick = std::env::args().any(|a| a == "--quick");
-        end_to_end(
+        targets.e2e = end_to_end(
             &sdk,
             // Many short rounds: the best round of each contender is the
             // one least disturbed by the machine's noise.
@@ -1096,12 +1105,16 @@ fn main() {
         "bare (no instrumentation)",
         "floor",
     );
-    for name in [
+    targets.per_message_server = Some(per_message(
         "otel-tower Stable (spans+metrics+W3C)",
+        &stream,
+        &server,
+    ));
+    targets.per_message_server_opt_out = Some(per_message(
         "otel-tower Stable, without_body_context",
-    ] {
-        per_message(name, &stream, &server);
-    }
+        &stream,
+        &server,
+    ));
 
     let mut client_stream: Vec<Contender> = client_contenders(&sdk, 1000)
         .into_iter()
@@ -1116,6 +1129,142 @@ fn main() {
         "bare (no instrumentation)",
         "floor",
     );
-    per_message("otel-tower client Stable", &client_stream, &client);
+    targets.per_message_client = Some(per_message(
+        "otel-tower client Stable",
+        &client_stream,
+        &client,
+    ));
     println!("\nspans ended: {}", sdk.ended.load(Ordering::Relaxed));
+    targets.print();
+}
+
+// ---------------------------------------------------------------- targets
+
+/// The performance issue's targets, read from this run's figures.
+#[derive(Default)]
+struct Targets {
+    rows: Vec<(String, String, bool)>,
+    e2e: Vec<(&'static str, f64, f64)>,
+    per_message_server: Option<(f64, f64)>,
+    per_message_server_opt_out: Option<(f64, f64)>,
+    per_message_client: Option<(f64, f64)>,
+}
+
+/// A contender's figures: ns/call, allocations/call, overhead over bare.
+fn figures(contenders: &[Contender], name: &str) -> (f64, f64, f64) {
+    let get = |n: &str| contenders.iter().find(|c| c.name == n);
+    let bare = get("bare (no instrumentation)").map_or(f64::NAN, |c| c.best_ns);
+    get(name).map_or((f64::NAN, f64::NAN, f64::NAN), |c| {
+        (c.best_ns, c.allocs, c.best_ns - bare)
+    })
+}
+
+impl Targets {
+    fn row(&mut self, target: &str, measured: String, met: bool) {
+        self.rows.push((target.to_string(), measured, met));
+    }
+
+    /// The rows read from the unary tables.
+    fn unary(&mut self, server: &[Contender], client: &[Contender]) {
+        let (_, _, floor) = figures(server, "floor");
+        let (_, w3c_allocs, _) = figures(server, "floor + W3C extract/attach");
+        let (ns, allocs, ours) = figures(server, "otel-tower Stable (spans+metrics+W3C)");
+        let (_, _, ttoc) = figures(server, "tonic-tracing-opentelemetry 0.42");
+        let (unsampled_ns, _, unsampled) = figures(server, "otel-tower unsampled");
+        self.row(
+            "server overhead <= 1.2x the floor's",
+            format!("{:.2}x", ours / floor),
+            ours / floor <= 1.2,
+        );
+        self.row(
+            "server allocations <= floor + W3C",
+            format!("{allocs:.0} vs {w3c_allocs:.0}"),
+            allocs <= w3c_allocs,
+        );
+        self.row(
+            "server overhead >= 2.5x less than tonic-tracing-opentelemetry",
+            format!("{:.2}x less", ttoc / ours),
+            ttoc / ours >= 2.5,
+        );
+        self.row(
+            "server unsampled <= 60% of sampled",
+            format!(
+                "{:.0}% of the time ({:.0}% of the overhead)",
+                100.0 * unsampled_ns / ns,
+                100.0 * unsampled / ours
+            ),
+            unsampled_ns / ns <= 0.6,
+        );
+        let (_, _, floor) = figures(client, "floor");
+        let (ns, _, ours) = figures(client, "otel-tower client Stable");
+        let (_, _, ttoc) = figures(client, "tonic-tracing-opentelemetry 0.42 client");
+        let (unsampled_ns, _, unsampled) = figures(client, "otel-tower client unsampled");
+        self.row(
+            "client overhead <= 1.8x the floor's",
+            format!("{:.2}x", ours / floor),
+            ours / floor <= 1.8,
+        );
+        self.row(
+            "client overhead >= 2.5x less than tonic-tracing-opentelemetry",
+            format!("{:.2}x less", ttoc / ours),
+            ttoc / ours >= 2.5,
+        );
+        self.row(
+            "client unsampled <= 60% of sampled",
+            format!(
+                "{:.0}% of the time ({:.0}% of the overhead)",
+                100.0 * unsampled_ns / ns,
+                100.0 * unsampled / ours
+            ),
+            unsampled_ns / ns <= 0.6,
+        );
+    }
+
+    fn print(mut self) {
+        // "A few ns": at most 10 ns and no allocation per message.
+        let few = |(ns, allocs): (f64, f64)| ns <= 10.0 && allocs < 0.01;
+        let show = |(ns, allocs): (f64, f64)| format!("{ns:.1} ns, {allocs:.3} allocs");
+        for (target, figures) in [
+            (
+                "per-message cost, server (default)",
+                self.per_message_server,
+            ),
+            (
+                "per-message cost, server (without_body_context)",
+                self.per_message_server_opt_out,
+            ),
+            ("per-message cost, client", self.per_message_client),
+        ] {
+            if let Some(figures) = figures {
+                self.row(
+                    &format!("{target}: a few ns, no allocation"),
+                    show(figures),
+                    few(figures),
+                );
+            }
+        }
+        if let Some(&(_, best, median)) = self
+            .e2e
+            .iter()
+            .find(|(name, ..)| name.starts_with("otel-tower (server"))
+        {
+            self.row(
+                "end to end >= 95% of bare",
+                format!(
+                    "{:.1}% best round, {:.1}% median ratio",
+                    100.0 * best,
+                    100.0 * median
+                ),
+                // The fastest round of each, as for the in-process figures.
+                best >= 0.95,
+            );
+        }
+        println!("\n### Targets, from this run\n");
+        println!("| target | this run | |");
+        println!("|---|---|---|");
+        for (target, measured, met) in &self.rows {
+            let status = if *met { "met" } else { "not met" };
+            println!("| {target} | {measured} | {status} |");
+        }
+    }
 }
