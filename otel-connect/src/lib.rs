@@ -119,11 +119,11 @@
 //!   `rpc.connect_rpc.error_code` / `rpc.grpc.status_code`).
 //! - Streams that the caller drops without closing still end their span
 //!   (`canceled`, or `deadline_exceeded` once the request's deadline passed).
-//! - A call that ends `unimplemented` is reported as method `_OTHER` (so
-//!   scanners probing random paths create no new metric series), in Legacy
-//!   mode too, where Go keeps the name; list your methods with
-//!   [`with_known_methods`](Instrumentation::with_known_methods) to keep
-//!   theirs.
+//! - In Stable mode a call that ends `unimplemented` is reported as method
+//!   `_OTHER` (so scanners probing random paths create no new metric
+//!   series); Legacy mode keeps the method's names, as Go does. List your
+//!   methods with [`with_known_methods`](Instrumentation::with_known_methods)
+//!   to decide the names up front in every mode.
 //! - Extra options Go lacks: [`with_known_methods`](Instrumentation::with_known_methods)
 //!   (unknown methods become `_OTHER`), [`with_peer_addr_fn`](Instrumentation::with_peer_addr_fn).
 //!

@@ -12,7 +12,7 @@ use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use crate::instrumentation::{CapturedHeader, Config, OwnedSpan, StartSpan, host_port};
 use crate::request::RpcRequest;
-use crate::semconv::{AttrSink, Attrs, Ending, Facts, MethodRef, Side, keys};
+use crate::semconv::{AttrSink, Attrs, Ending, Facts, MethodRef, Semconv, Side, keys};
 use crate::wire::connect_error::{self, ERROR_BODY_CAP};
 use crate::wire::envelope::{self, Base64Stream, EnvelopeEvent, EnvelopeParser};
 use crate::wire::timeout::request_timeout;
@@ -230,6 +230,7 @@ impl Call {
                     side: b.side,
                     system: b.system,
                     method: &b.method,
+                    method_final: b.method.other || config.methods.has_known_methods(),
                     server_address: server_address.as_ref(),
                     server_port: server_port.map(i64::from),
                     peer: b.peer,
@@ -238,13 +239,14 @@ impl Call {
                 let mut attributes = Vec::with_capacity(12 + config.request_headers.len());
                 facts.start_attributes(&mut attributes);
                 if !config.request_headers.is_empty() {
-                    Call::captured(
-                        &b.parts.headers,
+                    let mut values = Vec::new();
+                    Call::collect_captured(&b.parts.headers, &config.request_headers, &mut values);
+                    Call::captured_attributes(
+                        values,
                         &config.request_headers,
                         b.system,
-                        config,
+                        config.mode,
                         &mut attributes,
-                        None,
                     );
                 }
                 if let Some(filter) = &config.attribute_filter {
@@ -360,6 +362,7 @@ impl Call {
             side: self.side,
             system: self.system,
             method: &self.method,
+            method_final: self.method.other || self.config.methods.has_known_methods(),
             server_address: self.server_address.as_ref(),
             server_port: self.server_port.map(i64::from),
             peer: self.peer,
@@ -384,73 +387,66 @@ impl Call {
         self.config.trace_events && self.recording()
     }
 
-    /// Attribute values of captured headers, one string per header value.
-    pub fn captured(
+    /// Adds the values of each captured header found in `headers` to
+    /// `values` (one list per captured name, in `captured`'s order), one
+    /// string per header value.
+    fn collect_captured(
         headers: &HeaderMap,
         captured: &[CapturedHeader],
-        system: RpcSystem,
-        config: &Config,
-        out: &mut impl AttrSink,
-        mut seen: Option<&mut Vec<Vec<StringValue>>>,
+        values: &mut Vec<Vec<StringValue>>,
     ) {
-        if let Some(seen) = seen.as_deref_mut() {
-            seen.resize(captured.len(), Vec::new());
+        values.resize(captured.len(), Vec::new());
+        for (h, values) in captured.iter().zip(values.iter_mut()) {
+            values.extend(headers.get_all(&h.name).iter().map(|v| {
+                StringValue::from(truncate(
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    MAX_CAPTURED_VALUE,
+                ))
+            }));
         }
-        for (i, h) in captured.iter().enumerate() {
-            let mut values: Vec<StringValue> = headers
-                .get_all(&h.name)
-                .iter()
-                .map(|v| {
-                    truncate(
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        MAX_CAPTURED_VALUE,
-                    )
-                    .into()
-                })
-                .collect();
+    }
+
+    /// One attribute per captured header that had values, under the key of
+    /// each mode in use.
+    fn captured_attributes(
+        values: Vec<Vec<StringValue>>,
+        captured: &[CapturedHeader],
+        system: RpcSystem,
+        mode: Semconv,
+        out: &mut impl AttrSink,
+    ) {
+        for (h, values) in captured.iter().zip(values) {
             if values.is_empty() {
                 continue;
             }
-            // Response headers and trailers are one list of values per name.
-            if let Some(seen) = seen.as_deref_mut() {
-                seen[i].append(&mut values);
-                values = seen[i].clone();
-            }
-            let array = || Value::Array(opentelemetry::Array::String(values.clone()));
-            if config.mode.stable() {
-                out.push_kv(KeyValue::new(h.stable.clone(), array()));
-            }
-            if config.mode.legacy() {
+            if mode.legacy() {
                 let key = match system {
                     RpcSystem::Grpc => h.legacy_grpc.clone(),
                     RpcSystem::ConnectRpc => h.legacy_connect.clone(),
                 };
-                out.push_kv(KeyValue::new(key, array()));
+                let array = opentelemetry::Array::String(values.clone());
+                out.push_kv(KeyValue::new(key, Value::Array(array)));
+            }
+            if mode.stable() {
+                let array = opentelemetry::Array::String(values);
+                out.push_kv(KeyValue::new(h.stable.clone(), Value::Array(array)));
             }
         }
     }
 
+    /// Collects the captured response headers (or trailers) in `headers`:
+    /// headers and trailers are one list of values per name, set on the
+    /// span once, when it ends (the SDK appends attributes, it never
+    /// replaces one).
     fn capture_response(&mut self, headers: &HeaderMap) {
         if !self.recording() || self.config.response_headers.is_empty() {
             return;
         }
-        let mut attrs = Attrs::new();
-        let mut seen = std::mem::take(&mut self.response_values);
-        Call::captured(
+        Call::collect_captured(
             headers,
             &self.config.response_headers,
-            self.system,
-            &self.config,
-            &mut attrs,
-            Some(&mut seen),
+            &mut self.response_values,
         );
-        self.response_values = seen;
-        self.filter_attributes(&mut attrs);
-        if !attrs.is_empty()
-            && let Some(mut span) = self.span()
-        {
-            span.set_attributes(attrs.drain(..));
-        }
     }
 
     /// Applies the attribute filter, if any.
@@ -483,9 +479,10 @@ impl Call {
         };
         // Only names matter: gzip is decoded, identity passes, anything else
         // is unsupported and classified from the HTTP status.
+        // Content-codings are case-insensitive.
         self.content_encoding = encoding.map(|v| match v.as_bytes().trim_ascii() {
-            b"gzip" => &b"gzip"[..],
-            b"identity" | b"" => &b"identity"[..],
+            name if name.eq_ignore_ascii_case(b"gzip") => &b"gzip"[..],
+            name if name.is_empty() || name.eq_ignore_ascii_case(b"identity") => &b"identity"[..],
             _ => &b"unsupported"[..],
         });
         self.reader = match self.protocol {
@@ -734,7 +731,7 @@ impl Call {
 
     fn outcome(&mut self) -> Ending {
         let from_http = |status: u16| Ending {
-            code: Some(Code::from_http_status(status)),
+            code: Some(Code::from_http_status(status, self.protocol)),
             message: None,
             not_modified: false,
         };
@@ -858,9 +855,13 @@ impl Call {
         self.done = true;
         let elapsed = self.start.elapsed();
         let end_time = self.start_time + elapsed;
-        let renamed = !self.method.other
-            && !self.config.methods.has_known_methods()
-            && ending.code == Some(Code::Unimplemented);
+        // Stable mode: a method the server did not recognise is `_OTHER`
+        // (Legacy keeps the name, as otelconnect-go does).
+        let unimplemented = ending.code == Some(Code::Unimplemented);
+        let renamed = self.config.mode.stable()
+            && unimplemented
+            && !self.method.other
+            && !self.config.methods.has_known_methods();
         let other = self.method.other || renamed;
         let unary = matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet);
 
@@ -884,8 +885,16 @@ impl Call {
                 let mut attrs = Attrs::new();
                 facts.end_attributes(&ending, renamed, &mut attrs);
                 let status = facts.span_status(&ending);
+                let values = std::mem::take(&mut self.response_values);
+                Call::captured_attributes(
+                    values,
+                    &self.config.response_headers,
+                    self.system,
+                    self.config.mode,
+                    &mut attrs,
+                );
                 self.filter_attributes(&mut attrs);
-                let rename = (renamed && self.config.mode.stable()).then(|| self.system.name());
+                let rename = renamed.then(|| self.system.name());
                 if let Some(mut span) = self.span() {
                     if let Some(name) = rename {
                         span.update_name(name);
@@ -924,7 +933,7 @@ impl Call {
             }
             if let Some(legacy) = &instruments.legacy {
                 let mut attrs = Attrs::new();
-                facts.legacy_metric_attributes(&ending, other, &mut attrs);
+                facts.legacy_metric_attributes(&ending, self.method.other, &mut attrs);
                 self.filter_attributes(&mut attrs);
                 legacy.duration.record(elapsed.as_millis() as u64, &attrs);
                 if unary {
@@ -948,8 +957,9 @@ impl Call {
         // The method exists if the peer answered it (a response head came)
         // with anything but UNIMPLEMENTED: a call cancelled or timed out
         // before that proves nothing, and must not let random paths in.
-        if !other
+        if !self.method.other
             && ending.code.is_some()
+            && !unimplemented
             && self.http_status != 0
             && let Some(path) = self.admit_path.take()
         {

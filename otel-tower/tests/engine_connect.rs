@@ -53,6 +53,12 @@ async fn connect_unary_success_and_error_bodies() {
                     .unwrap(),
                 "/pkg.Svc/Plain" => unary_error(404, json, None),
                 "/pkg.Svc/Gzip" => unary_error(404, gzip(&json), Some("gzip")),
+                // Content-codings are case-insensitive.
+                "/pkg.Svc/GzipUpper" => unary_error(404, gzip(&json), Some("GZIP")),
+                // A proxy's 431: `internal` is gRPC's mapping, Connect's is `unknown`.
+                "/pkg.Svc/HeadersTooLarge" => {
+                    unary_error(431, b"<html>Too large</html>".to_vec(), None)
+                }
                 "/pkg.Svc/Truncated" => unary_error(409, br#"{"code":"already_exi"#.to_vec(), None),
                 "/pkg.Svc/NotJson" => {
                     unary_error(503, b"<html>Service Unavailable</html>".to_vec(), None)
@@ -81,6 +87,13 @@ async fn connect_unary_success_and_error_bodies() {
             false,
         ),
         ("/pkg.Svc/Gzip", Some("not_found"), Some("no user 7"), false),
+        (
+            "/pkg.Svc/GzipUpper",
+            Some("not_found"),
+            Some("no user 7"),
+            false,
+        ),
+        ("/pkg.Svc/HeadersTooLarge", Some("unknown"), None, true),
         ("/pkg.Svc/Truncated", Some("unknown"), None, true),
         ("/pkg.Svc/NotJson", Some("unavailable"), None, true),
         ("/pkg.Svc/Oversized", Some("internal"), None, true),
@@ -165,10 +178,12 @@ async fn connect_get_and_not_modified() {
     }
 }
 
+/// A Connect stream: `messages` messages, then `end` (gzipped under the
+/// encoding name `compressed_end`, if given).
 fn connect_stream_response(
     messages: usize,
     end: Option<&[u8]>,
-    compressed_end: bool,
+    compressed_end: Option<&str>,
 ) -> Response<Scripted> {
     let mut bytes = Vec::new();
     for i in 0..messages {
@@ -176,9 +191,9 @@ fn connect_stream_response(
     }
     let mut builder = Response::builder().header("content-type", "application/connect+proto");
     if let Some(end) = end {
-        if compressed_end {
+        if let Some(encoding) = compressed_end {
             bytes.extend(envelope(0x03, &gzip(end)));
-            builder = builder.header("connect-content-encoding", "gzip");
+            builder = builder.header("connect-content-encoding", encoding);
         } else {
             bytes.extend(envelope(0x02, end));
         }
@@ -195,21 +210,22 @@ async fn connect_streaming_end_stream_success_error_missing() {
     let addr = serve(
         otel.server_layer(),
         Arc::new(|req| match req.uri().path() {
-            "/pkg.Svc/Ok" => connect_stream_response(3, Some(b"{}"), false),
+            "/pkg.Svc/Ok" => connect_stream_response(3, Some(b"{}"), None),
             "/pkg.Svc/OkMeta" => {
-                connect_stream_response(0, Some(br#"{"metadata":{"x":["y"]}}"#), false)
+                connect_stream_response(0, Some(br#"{"metadata":{"x":["y"]}}"#), None)
             }
             "/pkg.Svc/Err" => connect_stream_response(
                 1,
                 Some(br#"{"error":{"code":"resource_exhausted","message":"slow down"}}"#),
-                false,
+                None,
             ),
             "/pkg.Svc/GzErr" => connect_stream_response(
                 2,
                 Some(br#"{"error":{"code":"internal","message":"boom"}}"#),
-                true,
+                Some("gzip"),
             ),
-            _ => connect_stream_response(2, None, false),
+            "/pkg.Svc/GzOkUpper" => connect_stream_response(1, Some(b"{}"), Some("GZip")),
+            _ => connect_stream_response(2, None, None),
         }),
     )
     .await;
@@ -221,6 +237,7 @@ async fn connect_streaming_end_stream_success_error_missing() {
         ("/pkg.Svc/OkMeta", 0, None),
         ("/pkg.Svc/Err", 1, Some("resource_exhausted")),
         ("/pkg.Svc/GzErr", 2, Some("internal")),
+        ("/pkg.Svc/GzOkUpper", 1, None),
         ("/pkg.Svc/Missing", 2, Some("internal")),
     ];
     for (path, messages, code) in cases {

@@ -118,6 +118,7 @@ impl MethodNames {
                 side: Side::Server,
                 system,
                 method: &self,
+                method_final: true,
                 server_address: None,
                 server_port: None,
                 peer: None,
@@ -166,6 +167,12 @@ pub(crate) struct Facts<'a> {
     pub side: Side,
     pub system: RpcSystem,
     pub method: &'a MethodNames,
+    /// Whether `rpc.method` is decided when the call starts (known methods
+    /// are configured, or the method is already `_OTHER`). Otherwise an
+    /// UNIMPLEMENTED outcome can still make it `_OTHER`, so Stable sets it
+    /// when the call ends: the SDK appends attributes and never replaces
+    /// one, and a span must not carry the key twice.
+    pub method_final: bool,
     pub server_address: Option<&'a StringValue>,
     pub server_port: Option<i64>,
     /// Server: the client's socket address, when peer attributes are on.
@@ -258,9 +265,8 @@ impl Facts<'_> {
     pub fn start_attributes(&self, out: &mut impl AttrSink) {
         if self.mode.stable() {
             out.push_kv(KeyValue::new(RPC_SYSTEM_NAME, self.system.name()));
-            out.push_kv(KeyValue::new(RPC_METHOD, self.stable_method_value()));
-            if self.method.other {
-                out.push_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
+            if self.method_final {
+                self.stable_method(out);
             }
             if let Some(addr) = self.server_address {
                 out.push_kv(KeyValue::new(SERVER_ADDRESS, addr.clone()));
@@ -283,19 +289,24 @@ impl Facts<'_> {
         }
     }
 
-    /// Attributes added when the call ends.
-    pub fn end_attributes(&self, ending: &Ending, renamed_to_other: bool, out: &mut impl AttrSink) {
-        if renamed_to_other {
-            // `rpc.method` is the stable key's in Both mode, the short name's in Legacy.
-            out.push_kv(KeyValue::new(RPC_METHOD, OTHER));
-            if self.mode.stable() {
-                out.push_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
-            }
-            if self.mode.legacy() {
-                out.push_kv(KeyValue::new(RPC_SERVICE, OTHER));
-            }
+    /// Stable `rpc.method`, and `rpc.method_original` when it is `_OTHER`.
+    fn stable_method(&self, out: &mut impl AttrSink) {
+        out.push_kv(KeyValue::new(RPC_METHOD, self.stable_method_value()));
+        if self.method.other {
+            out.push_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
         }
+    }
+
+    /// Attributes added when the call ends; `renamed_to_other`: the outcome
+    /// (UNIMPLEMENTED) made the method `_OTHER` (Stable only).
+    pub fn end_attributes(&self, ending: &Ending, renamed_to_other: bool, out: &mut impl AttrSink) {
         if self.mode.stable() {
+            if renamed_to_other {
+                out.push_kv(KeyValue::new(RPC_METHOD, OTHER));
+                out.push_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
+            } else if !self.method_final {
+                self.stable_method(out);
+            }
             self.stable_status(ending, out);
         }
         if self.mode.legacy() {

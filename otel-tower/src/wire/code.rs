@@ -1,5 +1,7 @@
 //! The RPC status code table: gRPC numbers and names, Connect codes, HTTP fallbacks.
 
+use super::Protocol;
+
 /// A gRPC / Connect status code (the two protocols share one code space).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
@@ -109,14 +111,18 @@ impl Code {
         usize::try_from(n).ok().and_then(|i| ALL.get(i).copied())
     }
 
-    /// Parses a `grpc-status` value: ASCII digits only, no sign or spaces
-    /// inside; anything else (or out of range) is `None`.
+    /// Parses a `grpc-status` value: ASCII digits only (leading zeros
+    /// allowed), no sign or spaces inside; anything else (or out of range)
+    /// is `None`.
     pub fn from_grpc_status(value: &[u8]) -> Option<Code> {
         let value = value.trim_ascii();
-        if value.is_empty() || value.len() > 3 || !value.iter().all(u8::is_ascii_digit) {
+        if value.is_empty() {
             return None;
         }
-        let n = value.iter().fold(0i32, |n, d| n * 10 + i32::from(d - b'0'));
+        let n = value.iter().try_fold(0i32, |n, &d| {
+            // Anything past 16 is out of range: stop before overflowing.
+            (d.is_ascii_digit() && n <= 16).then(|| n * 10 + i32::from(d - b'0'))
+        })?;
         Code::from_i32(n)
     }
 
@@ -163,8 +169,9 @@ impl Code {
     }
 
     /// The code inferred from an HTTP status when no explicit code is
-    /// available (lossy; always prefer an explicit code).
-    pub fn from_http_status(status: u16) -> Code {
+    /// available (lossy; always prefer an explicit code). The tables of gRPC
+    /// and Connect differ in one place: 431 is `internal` for gRPC only.
+    pub fn from_http_status(status: u16, protocol: Protocol) -> Code {
         match status {
             200 => Code::Ok,
             400 => Code::Internal,
@@ -172,7 +179,7 @@ impl Code {
             403 => Code::PermissionDenied,
             404 => Code::Unimplemented,
             429 | 502 | 503 | 504 => Code::Unavailable,
-            431 => Code::Internal,
+            431 if protocol.is_grpc() => Code::Internal,
             _ => Code::Unknown,
         }
     }
@@ -212,8 +219,36 @@ mod tests {
     fn grpc_status_parsing() {
         assert_eq!(Code::from_grpc_status(b"5"), Some(Code::NotFound));
         assert_eq!(Code::from_grpc_status(b" 16 "), Some(Code::Unauthenticated));
-        for bad in [&b"99"[..], b"-1", b"abc", b"", b"+1", b"1 2", b"00017"] {
+        assert_eq!(Code::from_grpc_status(b"0000"), Some(Code::Ok));
+        assert_eq!(Code::from_grpc_status(b"00012"), Some(Code::Unimplemented));
+        for bad in [
+            &b"99"[..],
+            b"-1",
+            b"abc",
+            b"",
+            b"+1",
+            b"1 2",
+            b"00017",
+            b"170",
+            b"99999999999999999999",
+        ] {
             assert_eq!(Code::from_grpc_status(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn http_status_fallback_differs_only_for_431() {
+        for status in [200, 400, 401, 403, 404, 429, 500, 502, 503, 504, 418] {
+            assert_eq!(
+                Code::from_http_status(status, Protocol::Grpc),
+                Code::from_http_status(status, Protocol::ConnectUnary),
+                "{status}"
+            );
+        }
+        assert_eq!(Code::from_http_status(431, Protocol::Grpc), Code::Internal);
+        assert_eq!(
+            Code::from_http_status(431, Protocol::ConnectUnary),
+            Code::Unknown
+        );
     }
 }

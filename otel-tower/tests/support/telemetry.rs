@@ -172,12 +172,22 @@ pub struct HistPoint {
     pub sum: f64,
 }
 
-/// The span's attributes as strings.
+/// The span's attributes as strings. Panics if a key appears twice: the
+/// SDK appends rather than replaces, and an exported span must not carry
+/// two values for one key.
 pub fn attrs(span: &SpanData) -> BTreeMap<String, String> {
-    span.attributes
-        .iter()
-        .map(|kv| (kv.key.to_string(), kv.value.to_string()))
-        .collect()
+    let mut out = BTreeMap::new();
+    for kv in &span.attributes {
+        let earlier = out.insert(kv.key.to_string(), kv.value.to_string());
+        assert!(
+            earlier.is_none(),
+            "span {:?} has {} twice: {:?}",
+            span.name,
+            kv.key,
+            span.attributes
+        );
+    }
+    out
 }
 
 /// One attribute's value.
