@@ -311,7 +311,10 @@ impl Instrumentation {
     }
 
     /// The methods (`package.Service/Method`) this service knows; any other
-    /// method is reported as `_OTHER`.
+    /// method is reported as `_OTHER`. The method is then decided when the
+    /// call starts, so `rpc.method` is among the attributes samplers see
+    /// (without this option it is set when the call ends, since an
+    /// UNIMPLEMENTED answer can still make it `_OTHER`).
     pub fn with_known_methods<I, M>(self, methods: I) -> Self
     where
         I: IntoIterator<Item = M>,
