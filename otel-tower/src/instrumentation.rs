@@ -264,7 +264,7 @@ impl Instrumentation {
         N: AsRef<str>,
     {
         let names = header_names(names);
-        self.edit(|o| o.request_headers.extend(names))
+        self.edit(|o| add_unique(&mut o.request_headers, names))
     }
 
     /// Records these response headers and trailers as span attributes
@@ -279,7 +279,7 @@ impl Instrumentation {
         N: AsRef<str>,
     {
         let names = header_names(names);
-        self.edit(|o| o.response_headers.extend(names))
+        self.edit(|o| add_unique(&mut o.response_headers, names))
     }
 
     /// Records message events on spans (default: off in Stable mode, on in
@@ -373,6 +373,16 @@ where
                 .unwrap_or_else(|_| panic!("otel-tower: {n:?} is not a valid HTTP header name"))
         })
         .collect()
+}
+
+/// Adds the names not in `list` yet: a header listed twice (in any case)
+/// is still one attribute.
+fn add_unique(list: &mut Vec<HeaderName>, names: Vec<HeaderName>) {
+    for name in names {
+        if !list.contains(&name) {
+            list.push(name);
+        }
+    }
 }
 
 /// A header captured as a span attribute, with its key in every convention.

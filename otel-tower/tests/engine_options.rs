@@ -313,7 +313,9 @@ async fn header_capture_is_on_spans_only() {
     let t = Telemetry::new();
     let otel = t
         .instrumentation()
-        .with_trace_request_header(["X-Trace-Me"])
+        // Listed twice, in two cases: still one attribute (`attrs` checks).
+        .with_trace_request_header(["X-Trace-Me", "x-trace-me"])
+        .with_trace_request_header(["x-TRACE-me"])
         .with_trace_response_header(["x-trace-me"]);
     let addr = serve(otel.server_layer(), Arc::new(ping_server_response)).await;
     call_once(&otel, addr, connect_request(addr, PING)).await;
