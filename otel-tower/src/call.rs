@@ -625,12 +625,28 @@ impl Call {
     }
 
     fn connect_end_stream(&self, flags: u8, payload: &[u8], truncated: bool) -> Ending {
-        let json = if flags & envelope::FLAG_COMPRESSED != 0 {
-            connect_error::decompress(payload, self.content_encoding, ERROR_BODY_CAP)
+        let decompressed;
+        let (json, complete) = if flags & envelope::FLAG_COMPRESSED != 0 {
+            match connect_error::decompress_prefix(payload, self.content_encoding, ERROR_BODY_CAP) {
+                Some((out, complete)) => {
+                    decompressed = out;
+                    (Some(&decompressed[..]), complete && !truncated)
+                }
+                None => (None, false),
+            }
         } else {
-            (!truncated).then(|| payload.to_vec())
+            (Some(payload), !truncated)
         };
-        match json.as_deref().and_then(connect_error::parse_end_stream) {
+        // A message cut short (past the cap) is classified from what was
+        // read: an error that came whole before the cut.
+        let parsed = json.and_then(|json| {
+            connect_error::parse_end_stream(json).or_else(|| {
+                (!complete)
+                    .then(|| connect_error::parse_end_stream_prefix(json))?
+                    .map(Some)
+            })
+        });
+        match parsed {
             Some(None) => Ending {
                 code: Some(Code::Ok),
                 message: None,

@@ -225,6 +225,14 @@ async fn connect_streaming_end_stream_success_error_missing() {
                 Some("gzip"),
             ),
             "/pkg.Svc/GzOkUpper" => connect_stream_response(1, Some(b"{}"), Some("GZip")),
+            // Past the 64 KiB cap: classified from the error read before the cut.
+            "/pkg.Svc/ErrBigMetadata" => {
+                let mut end =
+                    br#"{"error":{"code":"resource_exhausted"},"metadata":{"x":[""#.to_vec();
+                end.extend(std::iter::repeat_n(b'y', 70 * 1024));
+                end.extend(br#""]}}"#);
+                connect_stream_response(1, Some(&end), None)
+            }
             _ => connect_stream_response(2, None, None),
         }),
     )
@@ -238,6 +246,7 @@ async fn connect_streaming_end_stream_success_error_missing() {
         ("/pkg.Svc/Err", 1, Some("resource_exhausted")),
         ("/pkg.Svc/GzErr", 2, Some("internal")),
         ("/pkg.Svc/GzOkUpper", 1, None),
+        ("/pkg.Svc/ErrBigMetadata", 1, Some("resource_exhausted")),
         ("/pkg.Svc/Missing", 2, Some("internal")),
     ];
     for (path, messages, code) in cases {

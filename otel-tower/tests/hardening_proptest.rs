@@ -6,7 +6,9 @@ use opentelemetry::Context;
 use opentelemetry::propagation::TextMapPropagator;
 use otel_tower::propagation::{B3, Baggage, HeaderExtractor, HeaderInjector, TraceContext};
 use otel_tower::wire::Code;
-use otel_tower::wire::connect_error::{decompress, parse_end_stream, parse_unary_error};
+use otel_tower::wire::connect_error::{
+    decompress, decompress_prefix, parse_end_stream, parse_end_stream_prefix, parse_unary_error,
+};
 use otel_tower::wire::envelope::{Base64Stream, EnvelopeEvent, EnvelopeParser, TERMINAL_CAP};
 use otel_tower::wire::grpc_web::{trailer, trailer_lines};
 use otel_tower::wire::timeout::{parse_connect_timeout, parse_grpc_timeout};
@@ -98,7 +100,11 @@ proptest! {
     fn connect_error_parsing_is_total_and_bounded(data in prop::collection::vec(any::<u8>(), 0..200)) {
         let _ = parse_unary_error(&data);
         let _ = parse_end_stream(&data);
+        let _ = parse_end_stream_prefix(&data);
         if let Some(out) = decompress(&data, Some(b"gzip"), 64) {
+            prop_assert!(out.len() <= 64);
+        }
+        if let Some((out, _)) = decompress_prefix(&data, Some(b"gzip"), 64) {
             prop_assert!(out.len() <= 64);
         }
         prop_assert_eq!(decompress(&data, None, 64), Some(data.clone()));

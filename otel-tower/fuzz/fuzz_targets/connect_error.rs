@@ -3,11 +3,18 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use otel_tower::wire::connect_error::{decompress, parse_end_stream, parse_unary_error};
+use otel_tower::wire::connect_error::{
+    decompress, decompress_prefix, parse_end_stream, parse_end_stream_prefix, parse_unary_error,
+};
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_unary_error(data);
     let _ = parse_end_stream(data);
+    let _ = parse_end_stream_prefix(data);
+    if let Some((out, _)) = decompress_prefix(data, Some(b"gzip"), 4096) {
+        assert!(out.len() <= 4096);
+        let _ = parse_end_stream_prefix(&out);
+    }
     if let Some(out) = decompress(data, Some(b"gzip"), 4096) {
         assert!(out.len() <= 4096);
         let _ = parse_unary_error(&out);

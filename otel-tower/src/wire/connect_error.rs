@@ -17,21 +17,61 @@ pub struct ConnectError {
     pub message: Option<String>,
 }
 
-/// Decompresses `data` with `encoding` (`gzip` or `identity`), reading at
-/// most `cap` output bytes; `None` for unknown encodings or corrupt input.
-pub fn decompress(data: &[u8], encoding: Option<&[u8]>, cap: usize) -> Option<Vec<u8>> {
+/// Why decompression stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The whole input was decoded.
+    End,
+    /// The output reached the cap.
+    Cap,
+    /// The input is corrupt or cut short: the output is what came before.
+    Broken,
+}
+
+/// Decompresses at most `cap` output bytes; `None` for unknown encodings.
+fn inflate(data: &[u8], encoding: Option<&[u8]>, cap: usize) -> Option<(Vec<u8>, Stop)> {
     match encoding.map(<[u8]>::trim_ascii) {
-        None | Some(b"identity") | Some(b"") => Some(data.to_vec()),
+        None | Some(b"identity") | Some(b"") => Some((data.to_vec(), Stop::End)),
         Some(b"gzip") => {
             let mut out = Vec::new();
-            flate2::read::GzDecoder::new(data)
-                .take(cap as u64)
-                .read_to_end(&mut out)
-                .ok()?;
-            Some(out)
+            // One byte past the cap tells a full output from a longer one.
+            let read = flate2::read::GzDecoder::new(data)
+                .take(cap as u64 + 1)
+                .read_to_end(&mut out);
+            let stop = match read {
+                // What was decoded before the error is kept in `out`.
+                Err(_) => Stop::Broken,
+                Ok(_) if out.len() > cap => {
+                    out.truncate(cap);
+                    Stop::Cap
+                }
+                Ok(_) => Stop::End,
+            };
+            Some((out, stop))
         }
         Some(_) => None,
     }
+}
+
+/// Decompresses `data` with `encoding` (`gzip` or `identity`), reading at
+/// most `cap` output bytes; `None` for unknown encodings or corrupt input.
+pub fn decompress(data: &[u8], encoding: Option<&[u8]>, cap: usize) -> Option<Vec<u8>> {
+    match inflate(data, encoding, cap)? {
+        (_, Stop::Broken) => None,
+        (out, _) => Some(out),
+    }
+}
+
+/// Decompresses as much of `data` as can be read (at most `cap` output
+/// bytes), even when it is cut short; with whether that is all of it.
+/// `None` for unknown encodings.
+pub fn decompress_prefix(
+    data: &[u8],
+    encoding: Option<&[u8]>,
+    cap: usize,
+) -> Option<(Vec<u8>, bool)> {
+    let (out, stop) = inflate(data, encoding, cap)?;
+    Some((out, stop == Stop::End))
 }
 
 fn from_object(obj: &serde_json::Map<String, serde_json::Value>) -> ConnectError {
@@ -69,6 +109,41 @@ pub fn parse_end_stream(json: &[u8]) -> Option<Option<ConnectError>> {
     }
 }
 
+/// The `error` member of an end-of-stream message cut short (past the
+/// cap), if it came whole before the cut: Connect implementations write it
+/// before the `metadata`, which is what can grow large.
+pub fn parse_end_stream_prefix(json: &[u8]) -> Option<ConnectError> {
+    let mut found = None;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    // The cut makes this fail; what was read before it is in `found`.
+    let _ = serde::Deserializer::deserialize_map(&mut de, ErrorMember(&mut found));
+    found
+}
+
+/// Reads an end-of-stream object member by member, keeping its `error`.
+struct ErrorMember<'a>(&'a mut Option<ConnectError>);
+
+impl<'de> serde::de::Visitor<'de> for ErrorMember<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an end-of-stream message")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == "error" {
+                if let serde_json::Value::Object(err) = map.next_value()? {
+                    *self.0 = Some(from_object(&err));
+                }
+            } else {
+                map.next_value::<serde::de::IgnoredAny>()?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +173,48 @@ mod tests {
             .unwrap();
         assert_eq!(e.code, Some(Code::DataLoss));
         assert_eq!(parse_end_stream(b"nope"), None);
+    }
+
+    #[test]
+    fn end_stream_cut_short() {
+        let error = br#"{"error":{"code":"internal","message":"m"},"metadata":{"a":["bbbb"#;
+        let e = parse_end_stream_prefix(error).unwrap();
+        assert_eq!(e.code, Some(Code::Internal));
+        assert_eq!(e.message.as_deref(), Some("m"));
+        // The error itself cut, or not seen before the cut: nothing to go by.
+        assert_eq!(parse_end_stream_prefix(br#"{"error":{"code":"inter"#), None);
+        assert_eq!(
+            parse_end_stream_prefix(br#"{"metadata":{"a":["b"]},"err"#),
+            None
+        );
+        assert_eq!(parse_end_stream_prefix(b""), None);
+
+        // A gzip stream cut short still yields what came before the cut.
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(error).unwrap();
+        // Metadata that does not compress, so the stream is long.
+        let mut x = 1u32;
+        let filler: Vec<u8> = (0..1 << 17)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                b'a' + (x >> 16) as u8 % 26
+            })
+            .collect();
+        enc.write_all(&filler).unwrap();
+        let gz = enc.finish().unwrap();
+        let cut = &gz[..gz.len() * 3 / 4];
+        let (out, complete) = decompress_prefix(cut, Some(b"gzip"), 1 << 20).unwrap();
+        assert!(!complete);
+        assert!(out.len() > error.len() && out.starts_with(error));
+        assert_eq!(
+            parse_end_stream_prefix(&out).unwrap().code,
+            Some(Code::Internal)
+        );
+        assert_eq!(decompress(cut, Some(b"gzip"), 1 << 20), None);
+        let (out, complete) = decompress_prefix(&gz, Some(b"gzip"), 100).unwrap();
+        assert_eq!((out.len(), complete), (100, false));
+        let (_, complete) = decompress_prefix(&gz, Some(b"gzip"), 1 << 20).unwrap();
+        assert!(complete);
     }
 
     #[test]
