@@ -119,9 +119,10 @@
 //!   `rpc.connect_rpc.error_code` / `rpc.grpc.status_code`).
 //! - Streams that the caller drops without closing still end their span
 //!   (`canceled`, or `deadline_exceeded` once the request's deadline passed).
-//! - In Stable mode a call that ends `unimplemented` is reported as method
-//!   `_OTHER` (so scanners probing random paths create no new metric
-//!   series); Legacy mode keeps the method's names, as Go does. List your
+//! - In Stable mode a call that ends `unimplemented`, to a method that has
+//!   not answered otherwise before, is reported as method `_OTHER` (so
+//!   scanners probing random paths create no new metric series); Legacy
+//!   mode keeps the method's names, as Go does. List your
 //!   methods with [`with_known_methods`](Instrumentation::with_known_methods)
 //!   to decide the names up front in every mode.
 //! - Extra options Go lacks: [`with_known_methods`](Instrumentation::with_known_methods)

@@ -103,6 +103,9 @@ pub(crate) struct Call {
     pub method: MethodRef,
     /// The path to intern when the call shows the method exists.
     pub admit_path: Option<Box<str>>,
+    /// Whether the method was interned when the call began: it has
+    /// answered before, so it exists and its name is final.
+    interned: bool,
     /// The context of the call: the parent, with the span when it lives
     /// there (see `CallSpan`).
     pub cx: Context,
@@ -158,6 +161,15 @@ pub(crate) struct Begin<'a> {
     pub request_size: Option<u64>,
     pub start: Instant,
     pub start_time: SystemTime,
+}
+
+/// Whether a call's method name is decided when it begins: it is already
+/// `_OTHER`, the configuration lists its methods, or it is interned (it
+/// answered before with something other than UNIMPLEMENTED, so it exists,
+/// and a later UNIMPLEMENTED is its handler's answer). Otherwise an
+/// UNIMPLEMENTED answer makes it `_OTHER` when the call ends.
+fn method_final(method: &MethodRef, interned: bool, config: &Config) -> bool {
+    method.other || interned || config.methods.has_known_methods()
 }
 
 /// Host and port of the authority the request addresses: the URI's
@@ -230,7 +242,7 @@ impl Call {
                     side: b.side,
                     system: b.system,
                     method: &b.method,
-                    method_final: b.method.other || config.methods.has_known_methods(),
+                    method_final: method_final(&b.method, b.cached, config),
                     server_address: server_address.as_ref(),
                     server_port: server_port.map(i64::from),
                     peer: b.peer,
@@ -291,6 +303,7 @@ impl Call {
             protocol: b.protocol,
             system: b.system,
             admit_path: (!b.cached).then(|| b.parts.uri.path().into()),
+            interned: b.cached,
             method: b.method,
             cx,
             span,
@@ -362,7 +375,7 @@ impl Call {
             side: self.side,
             system: self.system,
             method: &self.method,
-            method_final: self.method.other || self.config.methods.has_known_methods(),
+            method_final: method_final(&self.method, self.interned, &self.config),
             server_address: self.server_address.as_ref(),
             server_port: self.server_port.map(i64::from),
             peer: self.peer,
@@ -876,8 +889,7 @@ impl Call {
         let unimplemented = ending.code == Some(Code::Unimplemented);
         let renamed = self.config.mode.stable()
             && unimplemented
-            && !self.method.other
-            && !self.config.methods.has_known_methods();
+            && !method_final(&self.method, self.interned, &self.config);
         let other = self.method.other || renamed;
         let unary = matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet);
 

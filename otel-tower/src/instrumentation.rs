@@ -313,8 +313,9 @@ impl Instrumentation {
     /// The methods (`package.Service/Method`) this service knows; any other
     /// method is reported as `_OTHER`. The method is then decided when the
     /// call starts, so `rpc.method` is among the attributes samplers see
-    /// (without this option it is set when the call ends, since an
-    /// UNIMPLEMENTED answer can still make it `_OTHER`).
+    /// (without this option, a method that has not yet answered a call gets
+    /// it when the call ends, since an UNIMPLEMENTED answer makes it
+    /// `_OTHER`).
     pub fn with_known_methods<I, M>(self, methods: I) -> Self
     where
         I: IntoIterator<Item = M>,

@@ -149,7 +149,15 @@ async fn every_grpc_code_in_trailers_on_both_sides() {
         .service(h2_client());
     for code in Code::ALL {
         t.spans.reset();
-        let mut req = grpc_request(addr, "/pkg.Svc/Method", "application/grpc");
+        let unimplemented = code == Code::Unimplemented;
+        // UNIMPLEMENTED from a method never seen answering is an unknown
+        // method (`_OTHER`); `/pkg.Svc/Method` has answered by then.
+        let path = if unimplemented {
+            "/pkg.Svc/Missing"
+        } else {
+            "/pkg.Svc/Method"
+        };
+        let mut req = grpc_request(addr, path, "application/grpc");
         req.headers_mut()
             .insert("x-code", code.as_i32().to_string().parse().unwrap());
         let response = client.clone().oneshot(req).await.unwrap();
@@ -161,7 +169,6 @@ async fn every_grpc_code_in_trailers_on_both_sides() {
         for span in [&server, &client_span] {
             assert_eq!(attrs(span)["rpc.status_code"], name, "{name}");
         }
-        let unimplemented = code == Code::Unimplemented;
         let expected_method = if unimplemented {
             "_OTHER"
         } else {
@@ -170,7 +177,7 @@ async fn every_grpc_code_in_trailers_on_both_sides() {
         assert_eq!(attrs(&server)["rpc.method"], expected_method, "{name}");
         if unimplemented {
             assert_eq!(server.name, "grpc");
-            assert_eq!(attrs(&server)["rpc.method_original"], "pkg.Svc/Method");
+            assert_eq!(attrs(&server)["rpc.method_original"], "pkg.Svc/Missing");
         }
         let client_error = code != Code::Ok;
         let server_error = code.is_server_error();

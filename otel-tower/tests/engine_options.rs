@@ -610,6 +610,58 @@ async fn unimplemented_is_renamed_to_other_in_stable_mode_only() {
     }
 }
 
+/// A method that has answered (with anything but UNIMPLEMENTED) exists: a
+/// later UNIMPLEMENTED is its handler's answer, and its name stays, on both
+/// sides; `rpc.method` is still set once.
+#[tokio::test]
+async fn a_method_that_answered_before_keeps_its_name_on_unimplemented() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let served = calls.clone();
+    let addr = serve(
+        otel.server_layer(),
+        Arc::new(move |_req| {
+            let first = served.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            let (status, body): (u16, &[u8]) = if first {
+                (200, b"\x08\x01")
+            } else {
+                (501, br#"{"code":"unimplemented"}"#)
+            };
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/proto")
+                .body(Scripted::data(&[body]))
+                .unwrap()
+        }),
+    )
+    .await;
+    for expected in ["ok", "unimplemented"] {
+        t.spans.reset();
+        call_once(&otel, addr, connect_request(addr, PING)).await;
+        t.wait_spans(2).await;
+        for kind in [SpanKind::Server, SpanKind::Client] {
+            let span = t.span(kind.clone());
+            // `attrs` also checks that no key is set twice.
+            let attributes = attrs(&span);
+            assert_eq!(
+                span.name,
+                PING.trim_start_matches('/'),
+                "{expected} {kind:?}"
+            );
+            assert_eq!(
+                attributes["rpc.method"],
+                PING.trim_start_matches('/'),
+                "{expected} {kind:?}"
+            );
+            assert!(!attributes.contains_key("rpc.method_original"));
+            let code = attributes.get("rpc.status_code").map(String::as_str);
+            assert_eq!(code, (expected != "ok").then_some(expected), "{kind:?}");
+        }
+    }
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
 /// Successful server calls record one metric series per method and system,
 /// whether their attributes were built for the call (before the method is
 /// interned) or pre-built with the method (after); the attribute filter

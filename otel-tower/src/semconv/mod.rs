@@ -167,11 +167,11 @@ pub(crate) struct Facts<'a> {
     pub side: Side,
     pub system: RpcSystem,
     pub method: &'a MethodNames,
-    /// Whether `rpc.method` is decided when the call starts (known methods
-    /// are configured, or the method is already `_OTHER`). Otherwise an
-    /// UNIMPLEMENTED outcome can still make it `_OTHER`, so Stable sets it
-    /// when the call ends: the SDK appends attributes and never replaces
-    /// one, and a span must not carry the key twice.
+    /// Whether `rpc.method` is decided when the call starts (see
+    /// `call::method_final`). Otherwise an UNIMPLEMENTED outcome can still
+    /// make it `_OTHER`, so Stable sets it when the call ends: the SDK
+    /// appends attributes and never replaces one, and a span must not carry
+    /// the key twice.
     pub method_final: bool,
     pub server_address: Option<&'a StringValue>,
     pub server_port: Option<i64>,
