@@ -119,12 +119,14 @@
 //!   `rpc.connect_rpc.error_code` / `rpc.grpc.status_code`).
 //! - Streams that the caller drops without closing still end their span
 //!   (`canceled`, or `deadline_exceeded` once the request's deadline passed).
-//! - In Stable mode a call that ends `unimplemented`, to a method that has
-//!   not answered otherwise before, is reported as method `_OTHER` (so
-//!   scanners probing random paths create no new metric series); Legacy
-//!   mode keeps the method's names, as Go does. List your
-//!   methods with [`with_known_methods`](Instrumentation::with_known_methods)
-//!   to decide the names up front in every mode.
+//! - A call that ends `unimplemented`, to a method that has not yet
+//!   succeeded through the layer, is reported as method `_OTHER` in Stable
+//!   mode (so scanners probing random paths create no new metric series).
+//!   Legacy mode keeps the method's names on the client, as Go does, and
+//!   uses `_OTHER` on the server, where Go records nothing for a path it has
+//!   no handler for. List your methods with
+//!   [`with_known_methods`](Instrumentation::with_known_methods) to decide
+//!   the names up front in every mode.
 //! - Extra options Go lacks: [`with_known_methods`](Instrumentation::with_known_methods)
 //!   (unknown methods become `_OTHER`), [`with_peer_addr_fn`](Instrumentation::with_peer_addr_fn).
 //!

@@ -12,7 +12,7 @@ use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use crate::instrumentation::{CapturedHeader, Config, OwnedSpan, StartSpan, host_port};
 use crate::request::RpcRequest;
-use crate::semconv::{AttrSink, Attrs, Ending, Facts, MethodRef, Semconv, Side, keys};
+use crate::semconv::{AttrSink, Attrs, Ending, Facts, MethodRef, Rename, Semconv, Side, keys};
 use crate::wire::connect_error::{self, ERROR_BODY_CAP};
 use crate::wire::envelope::{self, Base64Stream, EnvelopeEvent, EnvelopeParser};
 use crate::wire::timeout::request_timeout;
@@ -104,7 +104,7 @@ pub(crate) struct Call {
     /// The path to intern when the call shows the method exists.
     pub admit_path: Option<Box<str>>,
     /// Whether the method was interned when the call began: it has
-    /// answered before, so it exists and its name is final.
+    /// succeeded before, so it exists and its name is final.
     interned: bool,
     /// The context of the call: the parent, with the span when it lives
     /// there (see `CallSpan`).
@@ -164,10 +164,10 @@ pub(crate) struct Begin<'a> {
 }
 
 /// Whether a call's method name is decided when it begins: it is already
-/// `_OTHER`, the configuration lists its methods, or it is interned (it
-/// answered before with something other than UNIMPLEMENTED, so it exists,
-/// and a later UNIMPLEMENTED is its handler's answer). Otherwise an
-/// UNIMPLEMENTED answer makes it `_OTHER` when the call ends.
+/// `_OTHER`, the configuration lists its methods, or it is interned (it has
+/// succeeded before, so it exists, and a later UNIMPLEMENTED is its
+/// handler's answer). Otherwise an UNIMPLEMENTED answer makes it `_OTHER`
+/// when the call ends.
 fn method_final(method: &MethodRef, interned: bool, config: &Config) -> bool {
     method.other || interned || config.methods.has_known_methods()
 }
@@ -428,22 +428,31 @@ impl Call {
         mode: Semconv,
         out: &mut impl AttrSink,
     ) {
+        // Legacy keys turn `-` into `_`, so two headers (`x-a`, `x_a`) can
+        // share one: their values are one attribute.
+        let mut legacy: Vec<(&opentelemetry::Key, Vec<StringValue>)> = Vec::new();
         for (h, values) in captured.iter().zip(values) {
             if values.is_empty() {
                 continue;
             }
             if mode.legacy() {
                 let key = match system {
-                    RpcSystem::Grpc => h.legacy_grpc.clone(),
-                    RpcSystem::ConnectRpc => h.legacy_connect.clone(),
+                    RpcSystem::Grpc => &h.legacy_grpc,
+                    RpcSystem::ConnectRpc => &h.legacy_connect,
                 };
-                let array = opentelemetry::Array::String(values.clone());
-                out.push_kv(KeyValue::new(key, Value::Array(array)));
+                match legacy.iter_mut().find(|(k, _)| *k == key) {
+                    Some((_, merged)) => merged.extend(values.iter().cloned()),
+                    None => legacy.push((key, values.clone())),
+                }
             }
             if mode.stable() {
                 let array = opentelemetry::Array::String(values);
                 out.push_kv(KeyValue::new(h.stable.clone(), Value::Array(array)));
             }
+        }
+        for (key, values) in legacy {
+            let array = opentelemetry::Array::String(values);
+            out.push_kv(KeyValue::new(key.clone(), Value::Array(array)));
         }
     }
 
@@ -884,13 +893,12 @@ impl Call {
         self.done = true;
         let elapsed = self.start.elapsed();
         let end_time = self.start_time + elapsed;
-        // Stable mode: a method the server did not recognise is `_OTHER`
-        // (Legacy keeps the name, as otelconnect-go does).
         let unimplemented = ending.code == Some(Code::Unimplemented);
-        let renamed = self.config.mode.stable()
-            && unimplemented
-            && !method_final(&self.method, self.interned, &self.config);
-        let other = self.method.other || renamed;
+        let rename = Rename::new(
+            self.config.mode,
+            self.side,
+            unimplemented && !method_final(&self.method, self.interned, &self.config),
+        );
         let unary = matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet);
 
         if self.traced() {
@@ -911,7 +919,7 @@ impl Call {
                 }
                 let facts = self.facts();
                 let mut attrs = Attrs::new();
-                facts.end_attributes(&ending, renamed, &mut attrs);
+                facts.end_attributes(&ending, rename, &mut attrs);
                 let status = facts.span_status(&ending);
                 let values = std::mem::take(&mut self.response_values);
                 Call::captured_attributes(
@@ -922,9 +930,11 @@ impl Call {
                     &mut attrs,
                 );
                 self.filter_attributes(&mut attrs);
-                let rename = renamed.then(|| self.system.name());
+                let new_name = rename
+                    .span_name(self.config.mode)
+                    .then(|| self.system.name());
                 if let Some(mut span) = self.span() {
-                    if let Some(name) = rename {
+                    if let Some(name) = new_name {
                         span.update_name(name);
                     }
                     // Drained rather than moved: `Attrs` keeps its items inline.
@@ -953,6 +963,7 @@ impl Call {
                     Some(attrs) => h.record(elapsed.as_secs_f64(), attrs),
                     None => {
                         let mut attrs = Attrs::new();
+                        let other = self.method.other || rename.stable;
                         facts.stable_metric_attributes(&ending, other, &mut attrs);
                         self.filter_attributes(&mut attrs);
                         h.record(elapsed.as_secs_f64(), &attrs);
@@ -961,7 +972,8 @@ impl Call {
             }
             if let Some(legacy) = &instruments.legacy {
                 let mut attrs = Attrs::new();
-                facts.legacy_metric_attributes(&ending, self.method.other, &mut attrs);
+                let other = self.method.other || rename.legacy;
+                facts.legacy_metric_attributes(&ending, other, &mut attrs);
                 self.filter_attributes(&mut attrs);
                 legacy.duration.record(elapsed.as_millis() as u64, &attrs);
                 if unary {
@@ -982,13 +994,12 @@ impl Call {
             }
         }
 
-        // The method exists if the peer answered it (a response head came)
-        // with anything but UNIMPLEMENTED: a call cancelled or timed out
-        // before that proves nothing, and must not let random paths in.
+        // A method that succeeded exists. Nothing else proves it: a call
+        // cancelled before any answer, an UNIMPLEMENTED, or an error from a
+        // layer in front of the handlers (authentication, say) could come
+        // from any path, and must not let random paths in.
         if !self.method.other
-            && ending.code.is_some()
-            && !unimplemented
-            && self.http_status != 0
+            && ending.code == Some(Code::Ok)
             && let Some(path) = self.admit_path.take()
         {
             self.config.methods.admit(&path);
@@ -1021,15 +1032,20 @@ impl Drop for Call {
 
 #[cfg(test)]
 mod tests {
-    /// A method is interned once a peer answered it with anything but
-    /// UNIMPLEMENTED; a call cancelled before any response proves nothing
-    /// (else a peer resetting random paths would fill the cache).
+    /// A method is interned once it has succeeded; a call cancelled before
+    /// any response, an UNIMPLEMENTED or an error from a layer in front of
+    /// the handlers proves nothing (else random paths would fill the table).
     #[test]
-    fn only_answered_methods_are_interned() {
+    fn only_methods_that_succeeded_are_interned() {
         use std::convert::Infallible;
         use std::future::Future;
         use tower::{Layer, Service};
 
+        // Paths of their own: the table is the process's.
+        const HANGS: &str = "/interning.v1.Svc/Hangs";
+        const MISSING: &str = "/interning.v1.Svc/Missing";
+        const DENIED: &str = "/interning.v1.Svc/Denied";
+        const SUCCEEDS: &str = "/interning.v1.Svc/Succeeds";
         type Empty = http_body_util::Empty<bytes::Bytes>;
         let otel = crate::Instrumentation::new()
             .with_tracer_provider(opentelemetry_sdk::trace::SdkTracerProvider::builder().build());
@@ -1047,8 +1063,9 @@ mod tests {
                     let path = req.uri().path().to_owned();
                     async move {
                         match path.as_str() {
-                            "/pkg.Svc/Hangs" => std::future::pending().await,
-                            "/pkg.Svc/Missing" => Ok::<_, Infallible>(grpc("12")),
+                            HANGS => std::future::pending().await,
+                            MISSING => Ok::<_, Infallible>(grpc("12")),
+                            DENIED => Ok(grpc("16")),
                             _ => Ok(grpc("0")),
                         }
                     }
@@ -1064,16 +1081,21 @@ mod tests {
             // dropped (cancelled before any response).
             let _ = future.as_mut().poll(&mut cx);
         };
-        for path in ["/pkg.Svc/Hangs", "/pkg.Svc/Missing", "/pkg.Svc/Answers"] {
+        for path in [HANGS, MISSING, DENIED, SUCCEEDS] {
             assert!(!config.methods.lookup(path).1, "{path} starts unknown");
             call(path);
         }
-        assert!(!config.methods.lookup("/pkg.Svc/Hangs").1, "cancelled");
-        assert!(
-            !config.methods.lookup("/pkg.Svc/Missing").1,
-            "unimplemented"
-        );
-        assert!(config.methods.lookup("/pkg.Svc/Answers").1, "answered");
+        assert!(!config.methods.lookup(HANGS).1, "cancelled");
+        assert!(!config.methods.lookup(MISSING).1, "unimplemented");
+        assert!(!config.methods.lookup(DENIED).1, "unauthenticated");
+        assert!(config.methods.lookup(SUCCEEDS).1, "succeeded");
+        // Another configuration shares the names, but has not seen the
+        // method succeed: not final there.
+        let (names, known) = crate::Instrumentation::new()
+            .config()
+            .methods
+            .lookup(SUCCEEDS);
+        assert!(matches!(names, super::MethodRef::Interned(_)) && !known);
     }
 
     #[test]

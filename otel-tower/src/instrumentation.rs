@@ -26,22 +26,24 @@ type AttributePredicate = Arc<dyn Fn(&RpcRequest<'_>, &KeyValue) -> bool + Send 
 type TracerFactory = Arc<dyn Fn(InstrumentationScope) -> Arc<dyn StartSpan> + Send + Sync>;
 type PeerAddrFn = Arc<dyn Fn(&http::Extensions) -> Option<SocketAddr> + Send + Sync>;
 
-/// How many distinct methods a configuration gets pre-built names for
-/// (interned once, shared by every later call). Only methods that answered
-/// with something other than UNIMPLEMENTED are admitted, so scanners probing
+/// How many distinct methods a configuration holds as known to exist (their
+/// names final when a call begins): its known methods, or those that have
+/// succeeded through it. Only success admits a method, so scanners probing
 /// random paths cannot fill it.
 const METHOD_CACHE_CAP: usize = 1024;
 
-/// How many distinct methods the whole process keeps names for. The names
-/// are leaked (`&'static`, so that a call clones them without touching a
-/// reference count, and spans exported after a layer is gone can still point
-/// at them), so they are kept once per process and shared by every
+/// How many distinct methods the process keeps pre-built names for. The
+/// names are leaked (`&'static`, so that a call clones them without touching
+/// a reference count, and spans exported after a layer is gone can still
+/// point at them), so they are kept once per process and shared by every
 /// configuration: building layers over and over (`otel_tower::client()` per
 /// request, say) reuses them instead of leaking a copy per configuration.
 const METHOD_NAMES_CAP: usize = 4096;
 
-/// The process's interned method names, keyed by path (see
-/// [`METHOD_NAMES_CAP`]).
+/// The process's interned method names, by path. A method's names depend on
+/// its path alone: an interned method is `_OTHER` only when its path does
+/// not parse (a configuration with known methods never looks here for
+/// another method).
 static METHOD_NAMES: std::sync::LazyLock<InternTable<MethodNames>> =
     std::sync::LazyLock::new(|| InternTable::new(METHOD_NAMES_CAP));
 
@@ -313,9 +315,9 @@ impl Instrumentation {
     /// The methods (`package.Service/Method`) this service knows; any other
     /// method is reported as `_OTHER`. The method is then decided when the
     /// call starts, so `rpc.method` is among the attributes samplers see
-    /// (without this option, a method that has not yet answered a call gets
-    /// it when the call ends, since an UNIMPLEMENTED answer makes it
-    /// `_OTHER`).
+    /// (without this option, a method that has not yet succeeded through
+    /// the layer gets it when the call ends, since an UNIMPLEMENTED answer
+    /// makes it `_OTHER`).
     pub fn with_known_methods<I, M>(self, methods: I) -> Self
     where
         I: IntoIterator<Item = M>,
@@ -445,6 +447,9 @@ pub(crate) fn host_port(authority: &http::uri::Authority) -> (StringValue, Optio
 
 /// Interned method names: parsed once per distinct path.
 pub(crate) struct MethodCache {
+    /// The methods known to exist for this configuration, whose names are
+    /// final when a call begins: its known methods, or (without them) the
+    /// methods that have succeeded through it.
     table: InternTable<&'static MethodNames>,
     known: Option<HashSet<String>>,
 }
@@ -452,51 +457,36 @@ pub(crate) struct MethodCache {
 impl MethodCache {
     fn new(known: Option<&[String]>) -> Self {
         let cache = MethodCache {
-            table: InternTable::new(METHOD_CACHE_CAP),
+            table: InternTable::new(known.map_or(METHOD_CACHE_CAP, <[String]>::len)),
             known: known.map(|k| k.iter().cloned().collect()),
         };
         for m in known.unwrap_or_default() {
-            cache.admit(&format!("/{m}"));
+            let path = format!("/{m}");
+            if let Some(names) = intern(&path) {
+                cache.table.insert(&path, || names);
+            }
         }
         cache
     }
 
-    /// The names for a request path, and whether they are interned.
+    /// The names for a request path, and whether the method is known to
+    /// exist (its names final).
     pub fn lookup(&self, path: &str) -> (MethodRef, bool) {
         if let Some(names) = self.table.get(path) {
             return (MethodRef::Interned(names), true);
         }
+        // Names another configuration interned: shared, not yet final here.
+        if self.known.is_none()
+            && let Some(names) = METHOD_NAMES.get(path)
+        {
+            return (MethodRef::Interned(names), false);
+        }
         (
-            MethodRef::Parsed(Box::new(
-                self.parse(path, |s| StringValue::from(Arc::<str>::from(s))),
-            )),
+            MethodRef::Parsed(Box::new(parse(path, self.known.as_ref(), |s| {
+                StringValue::from(Arc::<str>::from(s))
+            }))),
             false,
         )
-    }
-
-    fn parse(&self, path: &str, intern: impl Fn(&str) -> StringValue) -> MethodNames {
-        match Procedure::parse(path) {
-            Some(p) => {
-                let other = self.other(Some(&p));
-                let full = intern(p.full);
-                MethodNames {
-                    span_name: Cow::Owned(p.full.to_owned()),
-                    service: intern(p.service),
-                    short: intern(p.method),
-                    full,
-                    other,
-                    server_ok_metric: Default::default(),
-                }
-            }
-            None => MethodNames {
-                full: intern(path),
-                service: StringValue::from(""),
-                short: StringValue::from(""),
-                span_name: Cow::Borrowed(keys::OTHER),
-                other: true,
-                server_ok_metric: Default::default(),
-            },
-        }
     }
 
     /// Whether a method's name is decided up front (known-methods mode).
@@ -504,34 +494,59 @@ impl MethodCache {
         self.known.is_some()
     }
 
-    /// Interns a method that turned out to exist, so later calls share its
-    /// names: at most `METHOD_CACHE_CAP` per configuration, whose names come
-    /// from the process-wide [`METHOD_NAMES`].
+    /// Records that a method exists (it succeeded): later calls find its
+    /// names interned and final. Known-methods configurations hold theirs
+    /// from the start.
     pub fn admit(&self, path: &str) {
-        if self.table.get(path).is_some() {
+        if self.known.is_some() || self.table.get(path).is_some() {
             return;
         }
-        let procedure = Procedure::parse(path);
-        // Whether the method is `_OTHER` is this configuration's to say
-        // (known methods), so it is part of the process-wide key.
-        let key = format!("{}{path}", u8::from(self.other(procedure.as_ref())));
-        let Some(names) = METHOD_NAMES.insert(&key, || {
-            let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
-            let mut names = self.parse(path, |s| StringValue::from(leak(s)));
-            if let Some(p) = &procedure {
-                names.span_name = Cow::Borrowed(leak(p.full));
-            }
-            names.with_server_ok_metric()
-        }) else {
-            return;
-        };
-        self.table.insert(path, || names);
+        if let Some(names) = intern(path) {
+            self.table.insert(path, || names);
+        }
     }
+}
 
-    /// Whether a method is reported as `_OTHER` by this configuration: its
-    /// path does not parse, or known methods are set and it is not one.
-    fn other(&self, procedure: Option<&Procedure>) -> bool {
-        procedure.is_none_or(|p| self.known.as_ref().is_some_and(|k| !k.contains(p.full)))
+/// The process-wide names of `path`, interned now if they were not yet
+/// (unless the table is full).
+fn intern(path: &str) -> Option<&'static MethodNames> {
+    METHOD_NAMES.insert(path, || {
+        let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+        let mut names = parse(path, None, |s| StringValue::from(leak(s)));
+        if let Some(p) = Procedure::parse(path) {
+            names.span_name = Cow::Borrowed(leak(p.full));
+        }
+        names.with_server_ok_metric()
+    })
+}
+
+/// The names of `path`; `known`: the configuration's known methods, if set
+/// (any other method is `_OTHER`, as is a path that does not parse).
+fn parse(
+    path: &str,
+    known: Option<&HashSet<String>>,
+    intern: impl Fn(&str) -> StringValue,
+) -> MethodNames {
+    match Procedure::parse(path) {
+        Some(p) => {
+            let full = intern(p.full);
+            MethodNames {
+                span_name: Cow::Owned(p.full.to_owned()),
+                service: intern(p.service),
+                short: intern(p.method),
+                full,
+                other: known.is_some_and(|k| !k.contains(p.full)),
+                server_ok_metric: Default::default(),
+            }
+        }
+        None => MethodNames {
+            full: intern(path),
+            service: StringValue::from(""),
+            short: StringValue::from(""),
+            span_name: Cow::Borrowed(keys::OTHER),
+            other: true,
+            server_ok_metric: Default::default(),
+        },
     }
 }
 

@@ -308,6 +308,32 @@ async fn both_mode_unions_attributes_and_records_both_metric_families() {
     assert!(t.span(SpanKind::Server).events.is_empty());
 }
 
+/// Legacy keys turn `-` into `_`: `x-trace-me` and `x_trace_me` share one
+/// Legacy attribute (values of both), and keep their own Stable ones.
+#[tokio::test]
+async fn headers_sharing_a_legacy_key_are_one_attribute() {
+    let t = Telemetry::new();
+    let otel = t
+        .instrumentation_with(Semconv::Both)
+        .with_trace_request_header(["x-trace-me", "x_trace_me"]);
+    let addr = serve(otel.server_layer(), Arc::new(ping_server_response)).await;
+    let mut req = connect_request(addr, PING);
+    req.headers_mut()
+        .insert("x_trace_me", "underscored".parse().unwrap());
+    call_once(&otel, addr, req).await;
+    t.wait_spans(2).await;
+    for kind in [SpanKind::Server, SpanKind::Client] {
+        // `attrs` also checks that no key is set twice.
+        let a = attrs(&t.span(kind.clone()));
+        assert_eq!(a["rpc.request.metadata.x-trace-me"], "[\"req-value\"]");
+        assert_eq!(a["rpc.request.metadata.x_trace_me"], "[\"underscored\"]");
+        assert_eq!(
+            a["rpc.connect_rpc.request.metadata.x_trace_me"], "[\"req-value\",\"underscored\"]",
+            "{kind:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn header_capture_is_on_spans_only() {
     let t = Telemetry::new();
@@ -560,14 +586,16 @@ async fn known_methods_rpc_system_and_signal_switches() {
     assert!(t.histograms().is_empty());
 }
 
-/// An UNIMPLEMENTED outcome makes the method `_OTHER` in Stable mode (span
-/// name, `rpc.method` set once, `rpc.method_original`, metrics); Legacy keeps
-/// the method's names, as otelconnect-go does; Both renames the Stable
-/// parts only.
+/// An UNIMPLEMENTED answer from a method never seen succeeding makes it
+/// `_OTHER`: in Stable on both sides (span name, `rpc.method` set once,
+/// `rpc.method_original`, metrics); in Legacy on the server only (the
+/// client keeps the names, as otelconnect-go's does); Both applies each
+/// family's rule.
 #[tokio::test]
-async fn unimplemented_is_renamed_to_other_in_stable_mode_only() {
+async fn unimplemented_is_other_in_stable_and_on_the_legacy_server() {
     let path = "/observability.ping.v1.PingService/Unimplemented";
     let original = "observability.ping.v1.PingService/Unimplemented";
+    let service = "observability.ping.v1.PingService";
     for mode in [Semconv::Stable, Semconv::Legacy, Semconv::Both] {
         let t = Telemetry::new();
         let otel = t.instrumentation_with(mode).without_trace_events();
@@ -575,28 +603,34 @@ async fn unimplemented_is_renamed_to_other_in_stable_mode_only() {
         call_once(&otel, addr, connect_request(addr, path)).await;
         t.wait_spans(2).await;
         for kind in [SpanKind::Server, SpanKind::Client] {
+            let server = kind == SpanKind::Server;
+            let legacy_other = mode.legacy() && server;
             let span = t.span(kind.clone());
             // `attrs` also checks that no key is set twice.
             let attributes = attrs(&span);
-            let (name, method) = match mode {
-                Semconv::Legacy => (original, "Unimplemented"),
-                _ => ("connectrpc", "_OTHER"),
-            };
+            let renamed = mode.stable() || legacy_other;
+            let name = if renamed { "connectrpc" } else { original };
             assert_eq!(span.name, name, "{mode:?} {kind:?}");
+            let method = match mode {
+                Semconv::Legacy if legacy_other => "_OTHER",
+                Semconv::Legacy => "Unimplemented",
+                _ => "_OTHER",
+            };
             assert_eq!(attributes["rpc.method"], method, "{mode:?} {kind:?}");
             assert_eq!(
                 attributes.get("rpc.method_original").map(String::as_str),
                 mode.stable().then_some(original),
                 "{mode:?} {kind:?}"
             );
+            let legacy_service = if legacy_other { "_OTHER" } else { service };
             assert_eq!(
                 attributes.get("rpc.service").map(String::as_str),
-                mode.legacy().then_some("observability.ping.v1.PingService"),
+                mode.legacy().then_some(legacy_service),
                 "{mode:?} {kind:?}"
             );
         }
         for p in t.histograms() {
-            let method = if p.name.ends_with("call.duration") {
+            let method = if p.name.ends_with("call.duration") || p.name.starts_with("rpc.server") {
                 "_OTHER"
             } else {
                 "Unimplemented"

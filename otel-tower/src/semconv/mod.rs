@@ -179,6 +179,40 @@ pub(crate) struct Facts<'a> {
     pub peer: Option<SocketAddr>,
 }
 
+/// Which conventions report a call's method as `_OTHER` because of how it
+/// ended: the server did not recognise it (UNIMPLEMENTED, and the method's
+/// name was not final when the call began).
+///
+/// Stable renames on both sides (semconv.md). Legacy renames on the server
+/// only: otelconnect-go never sees an unregistered path on its server, so
+/// `_OTHER` is the bounded stand-in there, while its client keeps the
+/// method's names (the parity reference data), and a client's methods come
+/// from its own stubs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Rename {
+    pub stable: bool,
+    pub legacy: bool,
+}
+
+impl Rename {
+    pub fn new(mode: Semconv, side: Side, unknown: bool) -> Self {
+        Rename {
+            stable: unknown && mode.stable(),
+            legacy: unknown && mode.legacy() && side == Side::Server,
+        }
+    }
+
+    /// Whether the span takes the system's name (the span name follows
+    /// Stable when Stable is on).
+    pub fn span_name(self, mode: Semconv) -> bool {
+        if mode.stable() {
+            self.stable
+        } else {
+            self.legacy
+        }
+    }
+}
+
 /// How the call ended, as far as attributes are concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Ending {
@@ -281,11 +315,30 @@ impl Facts<'_> {
         }
         if self.mode.legacy() {
             out.push_kv(KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
-            out.push_kv(KeyValue::new(RPC_SERVICE, self.legacy_service()));
-            if !self.mode.stable() {
-                out.push_kv(KeyValue::new(RPC_METHOD, self.legacy_method()));
+            if self.legacy_method_at_start() {
+                self.legacy_method_names(false, out);
             }
             self.legacy_peer(out);
+        }
+    }
+
+    /// Whether Legacy's `rpc.service`/`rpc.method` go on the span when it
+    /// starts: they cannot change later (see [`Rename`]).
+    fn legacy_method_at_start(&self) -> bool {
+        self.method_final || self.side == Side::Client
+    }
+
+    /// Legacy `rpc.service` and (unless Stable owns the key) the short
+    /// `rpc.method`; `_OTHER` for both when `renamed`.
+    fn legacy_method_names(&self, renamed: bool, out: &mut impl AttrSink) {
+        let (service, method) = if renamed {
+            (StringValue::from(OTHER), StringValue::from(OTHER))
+        } else {
+            (self.legacy_service(), self.legacy_method())
+        };
+        out.push_kv(KeyValue::new(RPC_SERVICE, service));
+        if !self.mode.stable() {
+            out.push_kv(KeyValue::new(RPC_METHOD, method));
         }
     }
 
@@ -297,11 +350,11 @@ impl Facts<'_> {
         }
     }
 
-    /// Attributes added when the call ends; `renamed_to_other`: the outcome
-    /// (UNIMPLEMENTED) made the method `_OTHER` (Stable only).
-    pub fn end_attributes(&self, ending: &Ending, renamed_to_other: bool, out: &mut impl AttrSink) {
+    /// Attributes added when the call ends; `rename`: which conventions the
+    /// outcome made report the method as `_OTHER`.
+    pub fn end_attributes(&self, ending: &Ending, rename: Rename, out: &mut impl AttrSink) {
         if self.mode.stable() {
-            if renamed_to_other {
+            if rename.stable {
                 out.push_kv(KeyValue::new(RPC_METHOD, OTHER));
                 out.push_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
             } else if !self.method_final {
@@ -310,6 +363,9 @@ impl Facts<'_> {
             self.stable_status(ending, out);
         }
         if self.mode.legacy() {
+            if !self.legacy_method_at_start() {
+                self.legacy_method_names(rename.legacy, out);
+            }
             self.legacy_status(ending, out);
             if ending.not_modified {
                 out.push_kv(KeyValue::new(HTTP_STATUS_CODE, 304i64));
