@@ -201,13 +201,7 @@ async fn filter_skips_telemetry_but_still_propagates() {
                 .lock()
                 .unwrap()
                 .push(req.headers().get("traceparent").cloned());
-            Response::builder()
-                .header("content-type", "application/grpc")
-                .body(Scripted::data_then_trailers(
-                    &[],
-                    trailers(&[("grpc-status", "0")]),
-                ))
-                .unwrap()
+            grpc_ok_response(&[])
         }),
     )
     .await;

@@ -6,7 +6,6 @@ mod support;
 
 use std::sync::Arc;
 
-use http::Response;
 use opentelemetry::trace::SpanKind;
 use otel_tower::Instrumentation;
 use otel_tower::semconv::Semconv;
@@ -29,15 +28,7 @@ async fn opt_in_variable_is_read_once_at_build_time() {
     let explicit_server = explicit.server_layer();
     // Changing the variable afterwards has no effect on built layers.
     unsafe { std::env::set_var("OTEL_SEMCONV_STABILITY_OPT_IN", "rpc/old") };
-    let handler = |_: &http::Request<hyper::body::Incoming>| {
-        Response::builder()
-            .header("content-type", "application/grpc")
-            .body(Scripted::data_then_trailers(
-                &[],
-                trailers(&[("grpc-status", "0")]),
-            ))
-            .unwrap()
-    };
+    let handler = |_: &http::Request<hyper::body::Incoming>| grpc_ok_response(&[]);
     for (layer, both) in [(server, true), (explicit_server, false)] {
         t.spans.reset();
         let addr = serve(layer, Arc::new(handler)).await;

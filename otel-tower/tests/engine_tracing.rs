@@ -65,17 +65,6 @@ fn empty_grpc_response()
         .unwrap())
 }
 
-/// A backend that answers every call with gRPC OK.
-fn grpc_ok() -> Response<Scripted> {
-    Response::builder()
-        .header("content-type", "application/grpc")
-        .body(Scripted::data_then_trailers(
-            &[],
-            trailers(&[("grpc-status", "0")]),
-        ))
-        .unwrap()
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn handler_tracing_span_and_outgoing_call_join_the_server_trace() {
     let t = Telemetry::new();
@@ -89,7 +78,7 @@ async fn handler_tracing_span_and_outgoing_call_join_the_server_trace() {
     let otel = t.instrumentation();
 
     // Downstream service.
-    let downstream = serve(otel.server_layer(), Arc::new(|_| grpc_ok())).await;
+    let downstream = serve(otel.server_layer(), Arc::new(|_| grpc_ok_response(&[]))).await;
 
     // Frontend whose handler opens a tracing span and calls downstream.
     let client_layer = otel.client_layer();
@@ -283,7 +272,7 @@ async fn unsampled_calls_still_parent_the_handler_and_propagate() {
                 .headers()
                 .get("traceparent")
                 .map(|v| v.to_str().unwrap().to_string());
-            grpc_ok()
+            grpc_ok_response(&[])
         }),
     )
     .await;
@@ -403,7 +392,7 @@ async fn custom_propagator_injects_the_client_span_and_the_callers_baggage() {
                     .map(|v| v.to_str().unwrap().to_string())
             };
             *received2.lock().unwrap() = Some((get("x-span-id"), get("x-tenant")));
-            grpc_ok()
+            grpc_ok_response(&[])
         }),
     )
     .await;

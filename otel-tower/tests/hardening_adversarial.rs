@@ -47,13 +47,7 @@ fn reset_peak() -> usize {
 }
 
 fn grpc_ok(_: &Request<hyper::body::Incoming>) -> Response<Scripted> {
-    Response::builder()
-        .header("content-type", "application/grpc")
-        .body(Scripted::data_then_trailers(
-            &[&envelope(0, b"ok")],
-            trailers(&[("grpc-status", "0")]),
-        ))
-        .unwrap()
+    grpc_ok_response(&[&envelope(0, b"ok")])
 }
 
 /// A raw HTTP/2 client (h2), so requests can carry what hyper's client

@@ -8,7 +8,6 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::Response;
 use opentelemetry::trace::SpanKind;
 use otel_tower::Instrumentation;
 use otel_tower::propagation::B3;
@@ -35,13 +34,7 @@ async fn layers_pick_up_a_global_installed_while_serving() {
                 h.contains_key("traceparent") && h.contains_key("x-from-client"),
                 h.contains_key("b3") && h.contains_key("x-from-client"),
             ));
-            Response::builder()
-                .header("content-type", "application/grpc")
-                .body(Scripted::data_then_trailers(
-                    &[],
-                    trailers(&[("grpc-status", "0")]),
-                ))
-                .unwrap()
+            grpc_ok_response(&[])
         }),
     )
     .await;

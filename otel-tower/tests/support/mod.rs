@@ -116,6 +116,17 @@ pub fn envelope(flags: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A gRPC response: these body chunks, then `grpc-status: 0` trailers.
+pub fn grpc_ok_response(chunks: &[&[u8]]) -> Response<Scripted> {
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(Scripted::data_then_trailers(
+            chunks,
+            trailers(&[("grpc-status", "0")]),
+        ))
+        .unwrap()
+}
+
 pub fn trailers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (k, v) in pairs {
