@@ -7,11 +7,13 @@ use std::time::{Instant, SystemTime};
 
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::global::ObjectSafeSpan;
+use opentelemetry::metrics::Histogram;
 use opentelemetry::trace::{Link, SpanBuilder, SpanKind, SpanRef, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
 use crate::instrumentation::{CapturedHeader, Config, OwnedSpan, StartSpan, host_port};
 use crate::request::RpcRequest;
+use crate::semconv::series::{Series, Target};
 use crate::semconv::{AttrSink, Attrs, Ending, Facts, MethodRef, Rename, Semconv, Side, keys};
 use crate::wire::connect_error::{self, ERROR_BODY_CAP};
 use crate::wire::envelope::{self, Base64Stream, EnvelopeEvent, EnvelopeParser};
@@ -103,9 +105,10 @@ pub(crate) struct Call {
     pub method: MethodRef,
     /// The path to intern when the call shows the method exists.
     pub admit_path: Option<Box<str>>,
-    /// Whether the method was interned when the call began: it has
-    /// succeeded before, so it exists and its name is final.
-    interned: bool,
+    /// Where the method is in the configuration's table of methods known
+    /// to exist, if it was there when the call began (it has succeeded
+    /// before, or is configured): its name is then final.
+    known: Option<usize>,
     /// The context of the call: the parent, with the span when it lives
     /// there (see `CallSpan`).
     pub cx: Context,
@@ -147,8 +150,9 @@ pub(crate) struct Begin<'a> {
     pub protocol: Protocol,
     pub system: RpcSystem,
     pub method: MethodRef,
-    /// Whether `method` came from the interned cache.
-    pub cached: bool,
+    /// Where `method` is in the configuration's table of methods known to
+    /// exist, if it is there.
+    pub known: Option<usize>,
     pub parts: &'a http::request::Parts,
     /// The tracer, when this call gets a span.
     pub tracer: Option<&'a dyn StartSpan>,
@@ -164,12 +168,12 @@ pub(crate) struct Begin<'a> {
 }
 
 /// Whether a call's method name is decided when it begins: it is already
-/// `_OTHER`, the configuration lists its methods, or it is interned (it has
-/// succeeded before, so it exists, and a later UNIMPLEMENTED is its
-/// handler's answer). Otherwise an UNIMPLEMENTED answer makes it `_OTHER`
-/// when the call ends.
-fn method_final(method: &MethodRef, interned: bool, config: &Config) -> bool {
-    method.other || interned || config.methods.has_known_methods()
+/// `_OTHER`, the configuration lists its methods, or it is known to exist
+/// (it has succeeded before, and a later UNIMPLEMENTED is its handler's
+/// answer). Otherwise an UNIMPLEMENTED answer makes it `_OTHER` when the
+/// call ends.
+fn method_final(method: &MethodRef, known: bool, config: &Config) -> bool {
+    method.other || known || config.methods.has_known_methods()
 }
 
 /// Host and port of the authority the request addresses: the URI's
@@ -242,7 +246,7 @@ impl Call {
                     side: b.side,
                     system: b.system,
                     method: &b.method,
-                    method_final: method_final(&b.method, b.cached, config),
+                    method_final: method_final(&b.method, b.known.is_some(), config),
                     server_address: server_address.as_ref(),
                     server_port: server_port.map(i64::from),
                     peer: b.peer,
@@ -302,8 +306,8 @@ impl Call {
             side: b.side,
             protocol: b.protocol,
             system: b.system,
-            admit_path: (!b.cached).then(|| b.parts.uri.path().into()),
-            interned: b.cached,
+            admit_path: b.known.is_none().then(|| b.parts.uri.path().into()),
+            known: b.known,
             method: b.method,
             cx,
             span,
@@ -375,7 +379,7 @@ impl Call {
             side: self.side,
             system: self.system,
             method: &self.method,
-            method_final: method_final(&self.method, self.interned, &self.config),
+            method_final: method_final(&self.method, self.known.is_some(), &self.config),
             server_address: self.server_address.as_ref(),
             server_port: self.server_port.map(i64::from),
             peer: self.peer,
@@ -885,6 +889,35 @@ impl Call {
         });
     }
 
+    /// The series of a successful call of a method known to exist (its
+    /// attributes are the same on every such call), for `histogram`, the
+    /// Stable duration histogram of this call's side.
+    fn ok_series(&self, histogram: &Histogram<f64>) -> Option<&Series> {
+        let known = self.config.methods.known(self.known?)?;
+        let attrs = || {
+            let mut attrs = Vec::new();
+            let ok = Ending {
+                code: Some(Code::Ok),
+                message: None,
+                not_modified: false,
+            };
+            self.facts()
+                .stable_metric_attributes(&ok, self.method.other, &mut attrs);
+            attrs
+        };
+        match self.side {
+            Side::Server => Some(known.ok_series.server(self.system, histogram, attrs)),
+            Side::Client => {
+                let target = Target {
+                    system: self.system,
+                    server_address: self.server_address.as_ref(),
+                    server_port: self.server_port,
+                };
+                known.ok_series.client(&target, histogram, attrs)
+            }
+        }
+    }
+
     /// Ends the span and records the metrics. Runs at most once.
     fn finish(&mut self, ending: Ending) {
         if self.done {
@@ -897,7 +930,7 @@ impl Call {
         let rename = Rename::new(
             self.config.mode,
             self.side,
-            unimplemented && !method_final(&self.method, self.interned, &self.config),
+            unimplemented && !method_final(&self.method, self.known.is_some(), &self.config),
         );
         let unary = matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet);
 
@@ -952,15 +985,12 @@ impl Call {
         if let Some(instruments) = self.config.instruments(self.side) {
             let facts = self.facts();
             if let Some(h) = &instruments.call_duration {
-                // The common case, a successful server call, has one set of
-                // attributes per method: built once, not per call.
-                let prebuilt = (self.side == Side::Server
-                    && ending.code == Some(Code::Ok)
+                let ok_series = (ending.code == Some(Code::Ok)
                     && self.config.attribute_filter.is_none())
-                .then(|| self.method.server_ok_metric(self.system))
+                .then(|| self.ok_series(h))
                 .flatten();
-                match prebuilt {
-                    Some(attrs) => h.record(elapsed.as_secs_f64(), attrs),
+                match ok_series {
+                    Some(series) => series.record(h, elapsed.as_secs_f64()),
                     None => {
                         let mut attrs = Attrs::new();
                         let other = self.method.other || rename.stable;
@@ -1082,20 +1112,23 @@ mod tests {
             let _ = future.as_mut().poll(&mut cx);
         };
         for path in [HANGS, MISSING, DENIED, SUCCEEDS] {
-            assert!(!config.methods.lookup(path).1, "{path} starts unknown");
+            assert!(
+                config.methods.lookup(path).1.is_none(),
+                "{path} starts unknown"
+            );
             call(path);
         }
-        assert!(!config.methods.lookup(HANGS).1, "cancelled");
-        assert!(!config.methods.lookup(MISSING).1, "unimplemented");
-        assert!(!config.methods.lookup(DENIED).1, "unauthenticated");
-        assert!(config.methods.lookup(SUCCEEDS).1, "succeeded");
+        assert!(config.methods.lookup(HANGS).1.is_none(), "cancelled");
+        assert!(config.methods.lookup(MISSING).1.is_none(), "unimplemented");
+        assert!(config.methods.lookup(DENIED).1.is_none(), "unauthenticated");
+        assert!(config.methods.lookup(SUCCEEDS).1.is_some(), "succeeded");
         // Another configuration shares the names, but has not seen the
         // method succeed: not final there.
         let (names, known) = crate::Instrumentation::new()
             .config()
             .methods
             .lookup(SUCCEEDS);
-        assert!(matches!(names, super::MethodRef::Interned(_)) && !known);
+        assert!(matches!(names, super::MethodRef::Interned(_)) && known.is_none());
     }
 
     #[test]

@@ -87,7 +87,7 @@ where
             .get::<Context>()
             .cloned()
             .unwrap_or_else(Context::current);
-        let (method, cached) = config.methods.lookup(parts.uri.path());
+        let (method, known) = config.methods.lookup(parts.uri.path());
         let system = config.rpc_system.unwrap_or(protocol.system());
         let view = RpcRequest::new(&parts, protocol, system, &method, Side::Client);
         let instrumented = config.filter.as_ref().is_none_or(|f| f(&view));
@@ -112,7 +112,7 @@ where
             protocol,
             system,
             method,
-            cached,
+            known,
             parts: &parts,
             tracer,
             parent,

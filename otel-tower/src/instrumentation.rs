@@ -15,6 +15,7 @@ use opentelemetry::{InstrumentationScope, Key, KeyValue, StringValue};
 use crate::intern::InternTable;
 use crate::propagation::{DefaultPropagator, Propagation};
 use crate::request::RpcRequest;
+use crate::semconv::series::OkSeries;
 use crate::semconv::{MethodNames, MethodRef, Semconv, Side, SideInstruments, keys};
 use crate::wire::{Procedure, RpcSystem};
 use crate::{ClientLayer, ServerLayer};
@@ -450,8 +451,26 @@ pub(crate) struct MethodCache {
     /// The methods known to exist for this configuration, whose names are
     /// final when a call begins: its known methods, or (without them) the
     /// methods that have succeeded through it.
-    table: InternTable<&'static MethodNames>,
+    table: InternTable<KnownMethod>,
     known: Option<HashSet<String>>,
+}
+
+/// A method known to exist for one configuration.
+pub(crate) struct KnownMethod {
+    /// Its names, shared by the whole process.
+    pub names: &'static MethodNames,
+    /// Its successful calls' Stable duration series, for this
+    /// configuration's instruments.
+    pub ok_series: OkSeries,
+}
+
+impl KnownMethod {
+    fn new(names: &'static MethodNames) -> Self {
+        KnownMethod {
+            names,
+            ok_series: OkSeries::default(),
+        }
+    }
 }
 
 impl MethodCache {
@@ -463,30 +482,35 @@ impl MethodCache {
         for m in known.unwrap_or_default() {
             let path = format!("/{m}");
             if let Some(names) = intern(&path) {
-                cache.table.insert(&path, || names);
+                cache.table.insert(&path, || KnownMethod::new(names));
             }
         }
         cache
     }
 
-    /// The names for a request path, and whether the method is known to
-    /// exist (its names final).
-    pub fn lookup(&self, path: &str) -> (MethodRef, bool) {
-        if let Some(names) = self.table.get(path) {
-            return (MethodRef::Interned(names), true);
+    /// The names for a request path, and where the method is in the table
+    /// of methods known to exist, if it is there (its names are then final).
+    pub fn lookup(&self, path: &str) -> (MethodRef, Option<usize>) {
+        if let Some((slot, known)) = self.table.get_with_slot(path) {
+            return (MethodRef::Interned(known.names), Some(slot));
         }
         // Names another configuration interned: shared, not yet final here.
         if self.known.is_none()
             && let Some(names) = METHOD_NAMES.get(path)
         {
-            return (MethodRef::Interned(names), false);
+            return (MethodRef::Interned(names), None);
         }
         (
             MethodRef::Parsed(Box::new(parse(path, self.known.as_ref(), |s| {
                 StringValue::from(Arc::<str>::from(s))
             }))),
-            false,
+            None,
         )
+    }
+
+    /// The known method in `slot`, as returned by [`MethodCache::lookup`].
+    pub fn known(&self, slot: usize) -> Option<&KnownMethod> {
+        self.table.at(slot)
     }
 
     /// Whether a method's name is decided up front (known-methods mode).
@@ -502,7 +526,7 @@ impl MethodCache {
             return;
         }
         if let Some(names) = intern(path) {
-            self.table.insert(path, || names);
+            self.table.insert(path, || KnownMethod::new(names));
         }
     }
 }
@@ -516,7 +540,7 @@ fn intern(path: &str) -> Option<&'static MethodNames> {
         if let Some(p) = Procedure::parse(path) {
             names.span_name = Cow::Borrowed(leak(p.full));
         }
-        names.with_server_ok_metric()
+        names
     })
 }
 
@@ -536,7 +560,6 @@ fn parse(
                 short: intern(p.method),
                 full,
                 other: known.is_some_and(|k| !k.contains(p.full)),
-                server_ok_metric: Default::default(),
             }
         }
         None => MethodNames {
@@ -545,7 +568,6 @@ fn parse(
             short: StringValue::from(""),
             span_name: Cow::Borrowed(keys::OTHER),
             other: true,
-            server_ok_metric: Default::default(),
         },
     }
 }

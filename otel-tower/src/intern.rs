@@ -53,6 +53,12 @@ impl<V: Send + Sync + 'static> InternTable<V> {
 
     /// The value interned for `key`.
     pub fn get(&self, key: &str) -> Option<&V> {
+        self.get_with_slot(key).map(|(_, v)| v)
+    }
+
+    /// The value interned for `key`, and its slot: [`InternTable::at`]
+    /// finds it again from there without hashing the key.
+    pub fn get_with_slot(&self, key: &str) -> Option<(usize, &V)> {
         let mask = self.slots.len() - 1;
         let mut i = self.start(key);
         for _ in 0..self.slots.len() {
@@ -64,11 +70,19 @@ impl<V: Send + Sync + 'static> InternTable<V> {
             // unchanged until the table is dropped.
             let entry = unsafe { &*entry };
             if *entry.key == *key {
-                return Some(&entry.value);
+                return Some((i, &entry.value));
             }
             i = (i + 1) & mask;
         }
         None
+    }
+
+    /// The value in `slot`, as returned by [`InternTable::get_with_slot`]
+    /// (an entry never leaves its slot).
+    pub fn at(&self, slot: usize) -> Option<&V> {
+        let entry = self.slots.get(slot)?.load(Ordering::Acquire);
+        // SAFETY: as in `get_with_slot`.
+        (!entry.is_null()).then(|| unsafe { &(*entry).value })
     }
 
     /// Interns `value` under `key` unless the key is present or the table is
@@ -213,7 +227,10 @@ mod tests {
         }
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(t.get(k), Some(&i), "{k:?}");
+            let (slot, _) = t.get_with_slot(k).unwrap();
+            assert_eq!(t.at(slot), Some(&i), "{k:?} from its slot");
         }
+        assert_eq!(t.at(usize::MAX), None);
     }
 
     #[test]

@@ -32,6 +32,21 @@
 //! let server = ServiceBuilder::new().layer(otel.server_layer()).service(handler);
 //! # let _ = server;
 //! ```
+//!
+//! # Cargo features
+//!
+//! - `experimental_metrics_bound_instruments` (off by default): once a method
+//!   has succeeded, its later successful calls record their Stable duration
+//!   through a histogram bound to their attributes, skipping the SDK's
+//!   per-call attribute lookup (about 100 ns per server call and 200 ns per
+//!   client call on the development machine). The attributes recorded are
+//!   the same. It turns on the feature of the same name in `opentelemetry`
+//!   and in `opentelemetry_sdk`, so it makes the SDK a dependency (a meter
+//!   provider that is not the SDK's would drop bound records). Bound series
+//!   stay in memory while their layer lives, including under delta
+//!   temporality (one per method and RPC system on the server, one per
+//!   method on the client). A series bound when the SDK's cardinality limit
+//!   was already reached stays the overflow series.
 #![warn(missing_docs)]
 
 mod body;

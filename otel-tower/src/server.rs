@@ -92,7 +92,7 @@ where
         let (start, start_time) = crate::clock::now();
         let config = &self.config;
         let (mut parts, body) = req.into_parts();
-        let (method, cached) = config.methods.lookup(parts.uri.path());
+        let (method, known) = config.methods.lookup(parts.uri.path());
         let system = config.rpc_system.unwrap_or(protocol.system());
         let view = RpcRequest::new(&parts, protocol, system, &method, Side::Server);
         let instrumented = config.filter.as_ref().is_none_or(|f| f(&view));
@@ -146,7 +146,7 @@ where
             protocol,
             system,
             method,
-            cached,
+            known,
             parts: &parts,
             tracer: tracer.filter(|_| !b3_declined),
             parent,

@@ -1050,6 +1050,14 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     );
+    println!(
+        "otel-tower feature experimental_metrics_bound_instruments: {}",
+        if cfg!(feature = "experimental_metrics_bound_instruments") {
+            "on (successful calls record through bound histograms)"
+        } else {
+            "off (the default)"
+        }
+    );
 
     if std::env::args().any(|a| a == "--e2e-only") {
         end_to_end(&sdk, opts.rounds, Duration::from_millis(1000));

@@ -2,6 +2,7 @@
 //! emits (Stable v1.45.0, Legacy otelconnect-go v0.9.0, or Both).
 
 pub mod keys;
+pub(crate) mod series;
 
 use std::net::SocketAddr;
 
@@ -94,51 +95,6 @@ pub(crate) struct MethodNames {
     pub span_name: std::borrow::Cow<'static, str>,
     /// Whether the method is reported as `_OTHER`.
     pub other: bool,
-    /// The Stable metric attributes of a successful server call, by
-    /// [`RpcSystem`] (gRPC, then Connect): built once when the method is
-    /// interned, empty otherwise.
-    pub server_ok_metric: [Box<[KeyValue]>; 2],
-}
-
-impl MethodNames {
-    /// Fills [`MethodNames::server_ok_metric`] from the same code that builds
-    /// every call's attributes, so the two cannot disagree.
-    pub fn with_server_ok_metric(mut self) -> Self {
-        let ok = Ending {
-            code: Some(Code::Ok),
-            message: None,
-            not_modified: false,
-        };
-        for (i, system) in [RpcSystem::Grpc, RpcSystem::ConnectRpc]
-            .into_iter()
-            .enumerate()
-        {
-            let facts = Facts {
-                mode: Semconv::Stable,
-                side: Side::Server,
-                system,
-                method: &self,
-                method_final: true,
-                server_address: None,
-                server_port: None,
-                peer: None,
-            };
-            let mut attrs = Vec::new();
-            facts.stable_metric_attributes(&ok, self.other, &mut attrs);
-            self.server_ok_metric[i] = attrs.into_boxed_slice();
-        }
-        self
-    }
-
-    /// The pre-built Stable metric attributes of a successful server call,
-    /// when this method is interned.
-    pub fn server_ok_metric(&self, system: RpcSystem) -> Option<&[KeyValue]> {
-        let attrs = match system {
-            RpcSystem::Grpc => &self.server_ok_metric[0],
-            RpcSystem::ConnectRpc => &self.server_ok_metric[1],
-        };
-        (!attrs.is_empty()).then_some(&**attrs)
-    }
 }
 
 /// A call's method names: interned (shared by every call of the method) or

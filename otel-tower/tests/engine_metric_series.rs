@@ -1,0 +1,259 @@
+//! Engine tests for the Stable duration series of successful calls, which a
+//! configuration resolves once per method (bound to the histogram with the
+//! `experimental_metrics_bound_instruments` feature): repeated calls must
+//! land in exactly the series that building the attributes on every call
+//! would give. CI runs these with and without the feature.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
+use opentelemetry_sdk::metrics::{
+    InMemoryMetricExporterBuilder, PeriodicReader, SdkMeterProvider, Temporality,
+};
+use otel_tower::Instrumentation;
+use support::*;
+use tower::{Layer, ServiceExt};
+
+const SAY_HELLO: &str = "/helloworld.Greeter/SayHello";
+
+/// The Stable call duration points of one side, by attributes: their counts.
+fn counts(points: &[HistPoint]) -> BTreeMap<BTreeMap<String, String>, u64> {
+    points
+        .iter()
+        .map(|p| (p.attributes.clone(), p.count))
+        .collect()
+}
+
+/// A gRPC, Connect unary or failing gRPC answer, chosen by the request.
+fn answer(req: &Request<hyper::body::Incoming>) -> Response<Scripted> {
+    let connect = req
+        .headers()
+        .get("content-type")
+        .is_some_and(|v| v == "application/proto");
+    if connect {
+        return Response::builder()
+            .header("content-type", "application/proto")
+            .body(Scripted::data(&[b"\x08\x01"]))
+            .unwrap();
+    }
+    let status = if req.headers().contains_key("x-fail") {
+        "5"
+    } else {
+        "0"
+    };
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .body(Scripted::data_then_trailers(
+            &[&envelope(0, b"ok")],
+            trailers(&[("grpc-status", status)]),
+        ))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_server_keeps_one_series_per_method_system_and_outcome() {
+    let t = Telemetry::new();
+    let addr = serve(
+        t.instrumentation().server_layer(),
+        std::sync::Arc::new(answer),
+    )
+    .await;
+    let client = h2_client();
+    // Interleaved, so each series is reused after the others were made.
+    let calls = [
+        "grpc", "connect", "grpc", "fail", "grpc", "connect", "grpc", "fail",
+    ];
+    for kind in calls {
+        let mut req = grpc_request(addr, SAY_HELLO, "application/grpc");
+        match kind {
+            "connect" => {
+                let headers = req.headers_mut();
+                headers.insert("content-type", "application/proto".parse().unwrap());
+                headers.remove("te");
+                *req.body_mut() = Full::new(Bytes::from_static(b"\x08\x01"));
+            }
+            "fail" => {
+                req.headers_mut().insert("x-fail", "1".parse().unwrap());
+            }
+            _ => {}
+        }
+        read_all(client.request(req).await.unwrap()).await;
+    }
+    t.wait_spans(calls.len()).await;
+    let method = "helloworld.Greeter/SayHello";
+    assert_eq!(
+        counts(&t.histogram("rpc.server.call.duration")),
+        BTreeMap::from([
+            (
+                map(&[
+                    ("rpc.system.name", "grpc"),
+                    ("rpc.method", method),
+                    ("rpc.status_code", "OK"),
+                ]),
+                4
+            ),
+            (
+                map(&[("rpc.system.name", "connectrpc"), ("rpc.method", method)]),
+                2
+            ),
+            (
+                map(&[
+                    ("rpc.system.name", "grpc"),
+                    ("rpc.method", method),
+                    ("rpc.status_code", "NOT_FOUND"),
+                ]),
+                2
+            ),
+        ])
+    );
+}
+
+/// A client layer over an in-process gRPC handler that always succeeds.
+fn grpc_client(
+    otel: &Instrumentation,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<otel_tower::ResponseBody<Scripted>>,
+    Error = Infallible,
+    Future: Send,
+> + Clone {
+    otel.client_layer()
+        .layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(grpc_ok_response(&[b"ok"]))
+        }))
+}
+
+fn grpc_call(authority: &str) -> Request<Full<Bytes>> {
+    Request::post(format!("http://{authority}{SAY_HELLO}"))
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from(envelope(0, b"hi"))))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_client_keeps_each_authority_in_its_own_series() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    let svc = grpc_client(&otel);
+    // The method's resolved series goes to the first authority called once
+    // the method is known to exist (after its first success); calls to the
+    // others, differing by port only or by host only, must not land in it.
+    let authorities = [
+        "a.example:50051",
+        "a.example:50051",
+        "a.example:50052",
+        "b.example:50051",
+        "a.example:50051",
+        "b.example:50051",
+    ];
+    for authority in authorities {
+        read_all(svc.clone().oneshot(grpc_call(authority)).await.unwrap()).await;
+    }
+    let series = |host: &str, port: &str| {
+        map(&[
+            ("rpc.system.name", "grpc"),
+            ("rpc.method", "helloworld.Greeter/SayHello"),
+            ("rpc.status_code", "OK"),
+            ("server.address", host),
+            ("server.port", port),
+        ])
+    };
+    assert_eq!(
+        counts(&t.histogram("rpc.client.call.duration")),
+        BTreeMap::from([
+            (series("a.example", "50051"), 3),
+            (series("b.example", "50051"), 2),
+            (series("a.example", "50052"), 1),
+        ])
+    );
+}
+
+#[tokio::test]
+async fn an_attribute_filter_applies_to_every_successful_call() {
+    let t = Telemetry::new();
+    let otel = t
+        .instrumentation()
+        .with_attribute_filter(|_, kv| kv.key.as_str() != "rpc.method");
+    let server = otel
+        .server_layer()
+        .layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(grpc_ok_response(&[b"ok"]))
+        }));
+    for _ in 0..3 {
+        read_all(
+            server
+                .clone()
+                .oneshot(grpc_call("127.0.0.1:1"))
+                .await
+                .unwrap(),
+        )
+        .await;
+    }
+    assert_eq!(
+        counts(&t.histogram("rpc.server.call.duration")),
+        BTreeMap::from([(
+            map(&[("rpc.system.name", "grpc"), ("rpc.status_code", "OK"),]),
+            3
+        )])
+    );
+}
+
+/// The call counts of the server duration histogram in one export.
+fn exported_counts(export: &ResourceMetrics) -> Vec<u64> {
+    let mut out = Vec::new();
+    for scope in export.scope_metrics() {
+        for metric in scope.metrics() {
+            if metric.name() != "rpc.server.call.duration" {
+                continue;
+            }
+            if let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() {
+                out.extend(h.data_points().map(|p| p.count()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn with_delta_temporality_each_export_counts_the_calls_since_the_last() {
+    let exporter = InMemoryMetricExporterBuilder::new()
+        .with_temporality(Temporality::Delta)
+        .build();
+    let meter_provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let otel = Instrumentation::new()
+        .with_meter_provider(meter_provider.clone())
+        .without_tracing();
+    let server = otel
+        .server_layer()
+        .layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(grpc_ok_response(&[b"ok"]))
+        }));
+    let mut exports = Vec::new();
+    for calls in [3, 0, 2] {
+        for _ in 0..calls {
+            read_all(
+                server
+                    .clone()
+                    .oneshot(grpc_call("127.0.0.1:1"))
+                    .await
+                    .unwrap(),
+            )
+            .await;
+        }
+        meter_provider.force_flush().unwrap();
+        let finished = exporter.get_finished_metrics().unwrap();
+        exports.push(finished.last().map(exported_counts).unwrap_or_default());
+        exporter.reset();
+    }
+    // An export with no calls has no point for the series, as for any
+    // delta series left idle.
+    assert_eq!(exports, [vec![3], vec![], vec![2]]);
+}
