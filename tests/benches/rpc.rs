@@ -1018,6 +1018,13 @@ fn per_message(name: &str, stream: &[Contender], unary: &[Contender]) -> (f64, f
     let per_message = ((stream_ns - stream_bare) - (unary_ns - unary_bare)) / 1000.0;
     let allocs_per_message =
         ((stream_allocs - stream_bare_allocs) - (unary_allocs - unary_bare_allocs)) / 1000.0;
+    // Allocation counts are averages over a round: a difference below the
+    // printed precision is none (and is not printed as "-0.000").
+    let allocs_per_message = if allocs_per_message.abs() < 0.0005 {
+        0.0
+    } else {
+        allocs_per_message
+    };
     println!(
         "\nper-message cost with events off ({name}): {per_message:.1} ns, {allocs_per_message:.3} allocs"
     );
