@@ -15,7 +15,8 @@ use opentelemetry::{KeyValue, StringValue};
 
 use crate::wire::RpcSystem;
 
-/// One attribute set of a histogram.
+/// One attribute set of a histogram: recorded through `record` with the
+/// histogram it was made from.
 pub(crate) struct Series {
     #[cfg(not(feature = "experimental_metrics_bound_instruments"))]
     attrs: Box<[KeyValue]>,
@@ -23,32 +24,29 @@ pub(crate) struct Series {
     bound: opentelemetry::metrics::BoundHistogram<f64>,
 }
 
+#[cfg(not(feature = "experimental_metrics_bound_instruments"))]
 impl Series {
-    /// The series of `histogram` with `attrs`.
-    fn new(histogram: &Histogram<f64>, attrs: Vec<KeyValue>) -> Self {
-        #[cfg(feature = "experimental_metrics_bound_instruments")]
-        return Series {
-            bound: histogram.bind(&attrs),
-        };
-        #[cfg(not(feature = "experimental_metrics_bound_instruments"))]
-        {
-            let _ = histogram;
-            Series {
-                attrs: attrs.into_boxed_slice(),
-            }
+    fn new(_histogram: &Histogram<f64>, attrs: Vec<KeyValue>) -> Self {
+        Series {
+            attrs: attrs.into_boxed_slice(),
         }
     }
 
-    /// Records `value` in this series of `histogram` (the one it was made
-    /// from).
     pub fn record(&self, histogram: &Histogram<f64>, value: f64) {
-        #[cfg(feature = "experimental_metrics_bound_instruments")]
-        {
-            let _ = histogram;
-            self.bound.record(value);
-        }
-        #[cfg(not(feature = "experimental_metrics_bound_instruments"))]
         histogram.record(value, &self.attrs);
+    }
+}
+
+#[cfg(feature = "experimental_metrics_bound_instruments")]
+impl Series {
+    fn new(histogram: &Histogram<f64>, attrs: Vec<KeyValue>) -> Self {
+        Series {
+            bound: histogram.bind(&attrs),
+        }
+    }
+
+    pub fn record(&self, _histogram: &Histogram<f64>, value: f64) {
+        self.bound.record(value);
     }
 }
 
