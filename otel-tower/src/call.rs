@@ -223,11 +223,7 @@ fn header_ending(headers: &HeaderMap) -> Option<Ending> {
         .flatten()
         .map(|m| truncate(decode_grpc_message(m.as_bytes()), MAX_STATUS_MESSAGE))
         .filter(|m| !m.is_empty());
-    Some(Ending {
-        code: Some(code),
-        message,
-        not_modified: false,
-    })
+    Some(Ending::with_message(Some(code), message))
 }
 
 impl Call {
@@ -633,21 +629,13 @@ impl Call {
     fn grpc_web_trailers(&mut self, block: &[u8]) -> Ending {
         let Some(status) = grpc_web::trailer(block, "grpc-status") else {
             // Trailers win, otherwise headers, otherwise UNKNOWN.
-            return self.ending.take().unwrap_or(Ending {
-                code: Some(Code::Unknown),
-                message: None,
-                not_modified: false,
-            });
+            return self.ending.take().unwrap_or(Ending::code(Code::Unknown));
         };
         let code = Code::from_grpc_status(status).unwrap_or(Code::Unknown);
         let message = grpc_web::trailer(block, "grpc-message")
             .map(|m| truncate(decode_grpc_message(m), MAX_STATUS_MESSAGE))
             .filter(|m| !m.is_empty());
-        Ending {
-            code: Some(code),
-            message,
-            not_modified: false,
-        }
+        Ending::with_message(Some(code), message)
     }
 
     fn connect_end_stream(&self, flags: u8, payload: &[u8], truncated: bool) -> Ending {
@@ -673,21 +661,12 @@ impl Call {
             })
         });
         match parsed {
-            Some(None) => Ending {
-                code: Some(Code::Ok),
-                message: None,
-                not_modified: false,
-            },
-            Some(Some(err)) => Ending {
-                code: Some(err.code.unwrap_or(Code::Unknown)),
-                message: err.message.map(|m| truncate(m, MAX_STATUS_MESSAGE)),
-                not_modified: false,
-            },
-            None => Ending {
-                code: Some(Code::Unknown),
-                message: None,
-                not_modified: false,
-            },
+            Some(None) => Ending::code(Code::Ok),
+            Some(Some(err)) => Ending::with_message(
+                Some(err.code.unwrap_or(Code::Unknown)),
+                err.message.map(|m| truncate(m, MAX_STATUS_MESSAGE)),
+            ),
+            None => Ending::code(Code::Unknown),
         }
     }
 
@@ -772,21 +751,13 @@ impl Call {
     }
 
     fn outcome(&mut self) -> Ending {
-        let from_http = |status: u16| Ending {
-            code: Some(Code::from_http_status(status, self.protocol)),
-            message: None,
-            not_modified: false,
-        };
+        let from_http = |status: u16| Ending::code(Code::from_http_status(status, self.protocol));
         match self.protocol {
             Protocol::Grpc | Protocol::GrpcWeb | Protocol::GrpcWebText => {
                 if let Some(e) = self.ending.take() {
                     e
                 } else if self.http_status == 200 {
-                    Ending {
-                        code: Some(Code::Unknown),
-                        message: None,
-                        not_modified: false,
-                    }
+                    Ending::code(Code::Unknown)
                 } else {
                     from_http(self.http_status)
                 }
@@ -795,27 +766,22 @@ impl Call {
                 if self.http_status != 200 {
                     from_http(self.http_status)
                 } else {
-                    self.ending.take().unwrap_or(Ending {
-                        code: Some(if self.desynced {
-                            Code::Unknown
-                        } else {
-                            Code::Internal
-                        }),
-                        message: Some("stream ended without an end-stream message".into()),
-                        not_modified: false,
-                    })
+                    let code = if self.desynced {
+                        Code::Unknown
+                    } else {
+                        Code::Internal
+                    };
+                    self.ending.take().unwrap_or(Ending::with_message(
+                        Some(code),
+                        Some("stream ended without an end-stream message".into()),
+                    ))
                 }
             }
             Protocol::ConnectUnary | Protocol::ConnectGet => match self.http_status {
-                200 => Ending {
-                    code: Some(Code::Ok),
-                    message: None,
-                    not_modified: false,
-                },
+                200 => Ending::code(Code::Ok),
                 304 => Ending {
-                    code: Some(Code::Ok),
-                    message: None,
                     not_modified: true,
+                    ..Ending::code(Code::Ok)
                 },
                 status => {
                     let body = self.error_body.take().unwrap_or_default();
@@ -826,11 +792,10 @@ impl Call {
                             .and_then(|json| connect_error::parse_unary_error(&json))
                     };
                     match parsed {
-                        Some(err) if err.code.is_some() => Ending {
-                            code: err.code,
-                            message: err.message.map(|m| truncate(m, MAX_STATUS_MESSAGE)),
-                            not_modified: false,
-                        },
+                        Some(err) if err.code.is_some() => Ending::with_message(
+                            err.code,
+                            err.message.map(|m| truncate(m, MAX_STATUS_MESSAGE)),
+                        ),
                         _ => from_http(status),
                     }
                 }
@@ -856,21 +821,13 @@ impl Call {
             Some(deadline) if Instant::now() >= deadline => Code::DeadlineExceeded,
             _ => Code::Cancelled,
         };
-        self.finish(Ending {
-            code: Some(code),
-            message: None,
-            not_modified: false,
-        });
+        self.finish(Ending::code(code));
     }
 
     /// The inner service or body panicked: an error without a code, on both
     /// sides (the peer only sees a reset).
     pub fn on_panic(&mut self) {
-        self.finish(Ending {
-            code: None,
-            message: Some("panicked".to_string()),
-            not_modified: false,
-        });
+        self.finish(Ending::with_message(None, Some("panicked".to_string())));
     }
 
     /// The inner service failed before a response (transport error): no code,
@@ -882,11 +839,10 @@ impl Call {
             self.on_abandoned();
             return;
         }
-        self.finish(Ending {
-            code: None,
-            message: Some(truncate(message, MAX_STATUS_MESSAGE)),
-            not_modified: false,
-        });
+        self.finish(Ending::with_message(
+            None,
+            Some(truncate(message, MAX_STATUS_MESSAGE)),
+        ));
     }
 
     /// The series of a successful call of a method known to exist (its
@@ -896,11 +852,7 @@ impl Call {
         let known = self.config.methods.known(self.known?)?;
         let attrs = || {
             let mut attrs = Vec::new();
-            let ok = Ending {
-                code: Some(Code::Ok),
-                message: None,
-                not_modified: false,
-            };
+            let ok = Ending::code(Code::Ok);
             self.facts()
                 .stable_metric_attributes(&ok, self.method.other, &mut attrs);
             attrs

@@ -181,6 +181,20 @@ pub(crate) struct Ending {
 }
 
 impl Ending {
+    /// An ending with `code` and no message.
+    pub fn code(code: Code) -> Self {
+        Ending::with_message(Some(code), None)
+    }
+
+    /// An ending with `code` (`None`: a failure without one) and `message`.
+    pub fn with_message(code: Option<Code>, message: Option<String>) -> Self {
+        Ending {
+            code,
+            message,
+            not_modified: false,
+        }
+    }
+
     /// Whether this ending is an error for `side` (span status Error).
     pub fn is_error(&self, side: Side) -> bool {
         match (self.code, side) {
