@@ -257,3 +257,61 @@ async fn with_delta_temporality_each_export_counts_the_calls_since_the_last() {
     // delta series left idle.
     assert_eq!(exports, [vec![3], vec![], vec![2]]);
 }
+
+#[test]
+fn concurrent_first_calls_lose_no_measurement() {
+    // Threads start together on methods nobody has called, so admitting the
+    // method, making its series (binding it, with the feature) and recording
+    // into it race; every call must be counted once, in its own series.
+    const THREADS: usize = 4;
+    const CALLS: usize = 300;
+    let t = Telemetry::new();
+    let otel = t.instrumentation().without_tracing();
+    let server = otel
+        .server_layer()
+        .layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(grpc_ok_response(&[b"ok"]))
+        }));
+    let client = grpc_client(&otel);
+    let start = std::sync::Barrier::new(THREADS);
+    std::thread::scope(|scope| {
+        for n in 0..THREADS {
+            let (server, client, start) = (server.clone(), client.clone(), &start);
+            scope.spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .unwrap();
+                start.wait();
+                for i in 0..CALLS {
+                    // Half the threads call each of two authorities.
+                    let authority = ["a.example:1", "b.example:2"][n % 2];
+                    let path = ["/race.v1.Svc/One", "/race.v1.Svc/Two"][i % 2];
+                    runtime.block_on(async {
+                        let call = |authority: &str| {
+                            Request::post(format!("http://{authority}{path}"))
+                                .header("content-type", "application/grpc")
+                                .body(Full::new(Bytes::from(envelope(0, b"hi"))))
+                                .unwrap()
+                        };
+                        read_all(server.clone().oneshot(call(authority)).await.unwrap()).await;
+                        read_all(client.clone().oneshot(call(authority)).await.unwrap()).await;
+                    });
+                }
+            });
+        }
+    });
+    let per_series = (THREADS / 2 * CALLS / 2) as u64;
+    let server_counts = counts(&t.histogram("rpc.server.call.duration"));
+    assert_eq!(
+        server_counts.values().copied().collect::<Vec<_>>(),
+        vec![2 * per_series; 2],
+        "one series per method: {server_counts:?}"
+    );
+    let client_counts = counts(&t.histogram("rpc.client.call.duration"));
+    assert_eq!(
+        client_counts.values().copied().collect::<Vec<_>>(),
+        vec![per_series; 4],
+        "one series per method and authority: {client_counts:?}"
+    );
+}
