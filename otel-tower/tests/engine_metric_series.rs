@@ -114,33 +114,44 @@ async fn a_server_keeps_one_series_per_method_system_and_outcome() {
     );
 }
 
-/// A client layer over an in-process gRPC handler that always succeeds.
-fn grpc_client(
-    otel: &Instrumentation,
-) -> impl tower::Service<
+/// An in-process gRPC handler that always succeeds.
+fn ok_handler() -> impl tower::Service<
     Request<Full<Bytes>>,
-    Response = Response<otel_tower::ResponseBody<Scripted>>,
+    Response = Response<Scripted>,
     Error = Infallible,
     Future: Send,
-> + Clone {
-    otel.client_layer()
-        .layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
-            Ok::<_, Infallible>(grpc_ok_response(&[b"ok"]))
-        }))
+> + Clone
++ Send {
+    tower::service_fn(|_req: Request<Full<Bytes>>| async {
+        Ok::<_, Infallible>(grpc_ok_response(&[b"ok"]))
+    })
 }
 
-fn grpc_call(authority: &str) -> Request<Full<Bytes>> {
-    Request::post(format!("http://{authority}{SAY_HELLO}"))
+/// A gRPC request for `path` on `authority`.
+fn grpc_call(authority: &str, path: &str) -> Request<Full<Bytes>> {
+    Request::post(format!("http://{authority}{path}"))
         .header("content-type", "application/grpc")
         .body(Full::new(Bytes::from(envelope(0, b"hi"))))
         .unwrap()
+}
+
+/// Sends `req` through `svc` and reads the response to the end.
+async fn call<S, B>(svc: &S, req: Request<Full<Bytes>>)
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body + Unpin,
+    B::Data: bytes::Buf,
+    B::Error: std::fmt::Debug,
+{
+    read_all(svc.clone().oneshot(req).await.unwrap()).await;
 }
 
 #[tokio::test]
 async fn a_client_keeps_each_authority_in_its_own_series() {
     let t = Telemetry::new();
     let otel = t.instrumentation();
-    let svc = grpc_client(&otel);
+    let svc = otel.client_layer().layer(ok_handler());
     // The method's resolved series goes to the first authority called once
     // the method is known to exist (after its first success); calls to the
     // others, differing by port only or by host only, must not land in it.
@@ -153,7 +164,7 @@ async fn a_client_keeps_each_authority_in_its_own_series() {
         "b.example:50051",
     ];
     for authority in authorities {
-        read_all(svc.clone().oneshot(grpc_call(authority)).await.unwrap()).await;
+        call(&svc, grpc_call(authority, SAY_HELLO)).await;
     }
     let series = |host: &str, port: &str| {
         map(&[
@@ -180,20 +191,9 @@ async fn an_attribute_filter_applies_to_every_successful_call() {
     let otel = t
         .instrumentation()
         .with_attribute_filter(|_, kv| kv.key.as_str() != "rpc.method");
-    let server = otel
-        .server_layer()
-        .layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
-            Ok::<_, Infallible>(grpc_ok_response(&[b"ok"]))
-        }));
+    let server = otel.server_layer().layer(ok_handler());
     for _ in 0..3 {
-        read_all(
-            server
-                .clone()
-                .oneshot(grpc_call("127.0.0.1:1"))
-                .await
-                .unwrap(),
-        )
-        .await;
+        call(&server, grpc_call("127.0.0.1:1", SAY_HELLO)).await;
     }
     assert_eq!(
         counts(&t.histogram("rpc.server.call.duration")),
@@ -231,22 +231,11 @@ async fn with_delta_temporality_each_export_counts_the_calls_since_the_last() {
     let otel = Instrumentation::new()
         .with_meter_provider(meter_provider.clone())
         .without_tracing();
-    let server = otel
-        .server_layer()
-        .layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
-            Ok::<_, Infallible>(grpc_ok_response(&[b"ok"]))
-        }));
+    let server = otel.server_layer().layer(ok_handler());
     let mut exports = Vec::new();
     for calls in [3, 0, 2] {
         for _ in 0..calls {
-            read_all(
-                server
-                    .clone()
-                    .oneshot(grpc_call("127.0.0.1:1"))
-                    .await
-                    .unwrap(),
-            )
-            .await;
+            call(&server, grpc_call("127.0.0.1:1", SAY_HELLO)).await;
         }
         meter_provider.force_flush().unwrap();
         let finished = exporter.get_finished_metrics().unwrap();
@@ -267,12 +256,8 @@ fn concurrent_first_calls_lose_no_measurement() {
     const CALLS: usize = 300;
     let t = Telemetry::new();
     let otel = t.instrumentation().without_tracing();
-    let server = otel
-        .server_layer()
-        .layer(tower::service_fn(|_req: Request<Full<Bytes>>| async {
-            Ok::<_, Infallible>(grpc_ok_response(&[b"ok"]))
-        }));
-    let client = grpc_client(&otel);
+    let server = otel.server_layer().layer(ok_handler());
+    let client = otel.client_layer().layer(ok_handler());
     let start = std::sync::Barrier::new(THREADS);
     std::thread::scope(|scope| {
         for n in 0..THREADS {
@@ -288,14 +273,8 @@ fn concurrent_first_calls_lose_no_measurement() {
                     let authority = ["a.example:1", "b.example:2"][n % 2];
                     let path = ["/race.v1.Svc/One", "/race.v1.Svc/Two"][i % 2];
                     runtime.block_on(async {
-                        let call = |authority: &str| {
-                            Request::post(format!("http://{authority}{path}"))
-                                .header("content-type", "application/grpc")
-                                .body(Full::new(Bytes::from(envelope(0, b"hi"))))
-                                .unwrap()
-                        };
-                        read_all(server.clone().oneshot(call(authority)).await.unwrap()).await;
-                        read_all(client.clone().oneshot(call(authority)).await.unwrap()).await;
+                        call(&server, grpc_call(authority, path)).await;
+                        call(&client, grpc_call(authority, path)).await;
                     });
                 }
             });
