@@ -188,8 +188,7 @@ where
         Poll::Ready(match result {
             Ok(response) => {
                 let (mut head, body) = response.into_parts();
-                let mut call = this.call.take();
-                if let Some(c) = call.as_mut() {
+                if let Some(c) = this.call.as_mut() {
                     c.on_response(&mut head);
                     // 204 and 304 carry no body on the wire, whatever the
                     // service returned: the call is over.
@@ -203,7 +202,8 @@ where
                 }
                 Ok(http::Response::from_parts(
                     head,
-                    ResponseBody::new(body, call, current),
+                    // Taken here, as the body is made: one move of the call.
+                    ResponseBody::new(body, this.call.take(), current),
                 ))
             }
             Err(e) => {

@@ -124,9 +124,11 @@ where
         });
         // The injected parent is the client span (or the parent when untraced).
         call.inject(&mut parts.headers);
-        let req = http::Request::from_parts(parts, body);
         let inner = &mut self.inner;
-        let future = fail_on_panic(Some(&mut call), || inner.call(req));
+        // The request is put back together inside: one move of its head.
+        let future = fail_on_panic(Some(&mut call), || {
+            inner.call(http::Request::from_parts(parts, body))
+        });
         ResponseFuture::new(future, Some(call), Current::Nothing, false)
     }
 }

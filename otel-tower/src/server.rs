@@ -157,11 +157,13 @@ where
             start_time,
         });
         parts.extensions.insert(call.cx.clone());
-        let req = http::Request::from_parts(parts, body);
         let future = {
             let _guard = call.cx.clone().attach();
             let inner = &mut self.inner;
-            fail_on_panic(Some(&mut call), || inner.call(req))
+            // The request is put back together inside: one move of its head.
+            fail_on_panic(Some(&mut call), || {
+                inner.call(http::Request::from_parts(parts, body))
+            })
         };
         ResponseFuture::new(future, Some(call), Current::Call, config.body_context)
     }

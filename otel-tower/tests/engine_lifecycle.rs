@@ -237,26 +237,10 @@ fn panic_in_the_services_call_is_an_error_without_a_code() {
 
     let t = Telemetry::new();
     let otel = t.instrumentation();
-    let panicking = || {
-        tower::service_fn(|_req: http::Request<http_body_util::Full<Bytes>>| {
-            panic!("boom");
-            #[allow(unreachable_code)]
-            std::future::ready(Ok::<
-                Response<http_body_util::Full<Bytes>>,
-                std::convert::Infallible,
-            >(Response::new(Default::default())))
-        })
-    };
-    let request = || {
-        http::Request::post("http://127.0.0.1:1/pkg.Svc/Panics")
-            .header("content-type", "application/grpc")
-            .body(http_body_util::Full::new(Bytes::new()))
-            .unwrap()
-    };
-    let mut server = otel.server_layer().layer(panicking());
-    let mut client = otel.client_layer().layer(panicking());
-    let server_panic = catch_unwind(AssertUnwindSafe(|| drop(server.call(request()))));
-    let client_panic = catch_unwind(AssertUnwindSafe(|| drop(client.call(request()))));
+    let mut server = otel.server_layer().layer(PanicsInCall);
+    let mut client = otel.client_layer().layer(PanicsInCall);
+    let server_panic = catch_unwind(AssertUnwindSafe(|| drop(server.call(panics_request()))));
+    let client_panic = catch_unwind(AssertUnwindSafe(|| drop(client.call(panics_request()))));
     assert_eq!(
         server_panic.unwrap_err().downcast_ref::<&str>(),
         Some(&"boom"),
@@ -277,4 +261,67 @@ fn panic_in_the_services_call_is_an_error_without_a_code() {
         assert_eq!(points.iter().map(|p| p.count).sum::<u64>(), 1, "{kind:?}");
         assert_eq!(points[0].attributes["error.type"], "_OTHER", "{kind:?}");
     }
+}
+
+/// Recording a panicking call runs user code (here an attribute filter
+/// that panics on the error attribute). A second panic there, while the
+/// first unwinds, must not abort the process: the service's own panic goes
+/// on, on both sides.
+#[test]
+fn a_panic_while_recording_a_panic_leaves_the_first_one_going() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use tower::{Layer, Service};
+
+    let t = Telemetry::new();
+    let otel = t.instrumentation().with_attribute_filter(|_req, kv| {
+        assert_ne!(kv.key.as_str(), "error.type", "filter panics on errors");
+        true
+    });
+    let mut server = otel.server_layer().layer(PanicsInCall);
+    let mut client = otel.client_layer().layer(PanicsInCall);
+    for (side, panic) in [
+        (
+            "server",
+            catch_unwind(AssertUnwindSafe(|| drop(server.call(panics_request())))),
+        ),
+        (
+            "client",
+            catch_unwind(AssertUnwindSafe(|| drop(client.call(panics_request())))),
+        ),
+    ] {
+        assert_eq!(
+            panic.unwrap_err().downcast_ref::<&str>(),
+            Some(&"boom"),
+            "{side}: the service's panic goes on"
+        );
+    }
+}
+
+/// A service whose `call` panics with "boom" before any future exists.
+#[derive(Clone)]
+struct PanicsInCall;
+
+impl tower::Service<http::Request<http_body_util::Full<Bytes>>> for PanicsInCall {
+    type Response = Response<http_body_util::Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: http::Request<http_body_util::Full<Bytes>>) -> Self::Future {
+        panic!("boom")
+    }
+}
+
+/// A gRPC request to `pkg.Svc/Panics`.
+fn panics_request() -> http::Request<http_body_util::Full<Bytes>> {
+    http::Request::post("http://127.0.0.1:1/pkg.Svc/Panics")
+        .header("content-type", "application/grpc")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap()
 }
