@@ -8,10 +8,10 @@ use std::time::{Instant, SystemTime};
 use http::{HeaderMap, HeaderValue};
 use opentelemetry::global::ObjectSafeSpan;
 use opentelemetry::metrics::Histogram;
-use opentelemetry::trace::{Link, SpanBuilder, SpanKind, SpanRef, Status, TraceContextExt};
+use opentelemetry::trace::{Link, SpanKind, SpanRef, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue, StringValue, Value};
 
-use crate::instrumentation::{CapturedHeader, Config, OwnedSpan, StartSpan, host_port};
+use crate::instrumentation::{CapturedHeader, Config, OwnedSpan, SpanStart, StartSpan, host_port};
 use crate::request::RpcRequest;
 use crate::semconv::series::{Series, Target};
 use crate::semconv::{AttrSink, Attrs, Ending, Facts, MethodRef, Rename, Semconv, Side, keys};
@@ -265,20 +265,20 @@ impl Call {
                     let view = RpcRequest::new(b.parts, b.protocol, b.system, &b.method, b.side);
                     attributes.retain(|kv| filter(&view, kv));
                 }
-                let mut builder = SpanBuilder {
+                let mut start = SpanStart {
                     name: facts.span_name(),
-                    span_kind: Some(match b.side {
+                    kind: match b.side {
                         Side::Server => SpanKind::Server,
                         Side::Client => SpanKind::Client,
-                    }),
-                    start_time: Some(b.start_time),
-                    attributes: Some(attributes),
-                    ..Default::default()
+                    },
+                    start_time: b.start_time,
+                    attributes,
+                    links: None,
                 };
                 // Only the server's span must be reachable from a context
                 // (handlers find it there); the client's is the call's alone.
                 if b.side == Side::Client {
-                    let span = tracer.start_owned(builder, &b.parent);
+                    let span = tracer.start_owned(start, &b.parent);
                     (b.parent, CallSpan::Owned(span))
                 } else {
                     // An untrusted caller's (remote) span becomes a link of a
@@ -287,10 +287,10 @@ impl Call {
                     let parent_sc = b.parent.span().span_context().clone();
                     let (cx, recording) =
                         if b.public && parent_sc.is_valid() && parent_sc.is_remote() {
-                            builder.links = Some(vec![Link::with_context(parent_sc)]);
-                            tracer.start(builder, &Context::new(), &b.parent)
+                            start.links = Some(vec![Link::with_context(parent_sc)]);
+                            tracer.start(start, &Context::new(), &b.parent)
                         } else {
-                            tracer.start(builder, &b.parent, &b.parent)
+                            tracer.start(start, &b.parent, &b.parent)
                         };
                     (cx, CallSpan::InContext { recording })
                 }

@@ -575,6 +575,30 @@ fn parse(
 /// A span owned by its call alone, outside any context.
 pub(crate) type OwnedSpan = Box<dyn opentelemetry::global::ObjectSafeSpan + Send + Sync>;
 
+/// What a call's span starts with. Smaller than a `SpanBuilder` (most of
+/// whose fields a call never sets), so that handing it to the tracer
+/// behind [`StartSpan`] copies less; the builder is made at the SDK call.
+pub(crate) struct SpanStart {
+    pub name: std::borrow::Cow<'static, str>,
+    pub kind: opentelemetry::trace::SpanKind,
+    pub start_time: std::time::SystemTime,
+    pub attributes: Vec<KeyValue>,
+    pub links: Option<Vec<opentelemetry::trace::Link>>,
+}
+
+impl SpanStart {
+    fn into_builder(self) -> opentelemetry::trace::SpanBuilder {
+        opentelemetry::trace::SpanBuilder {
+            name: self.name,
+            span_kind: Some(self.kind),
+            start_time: Some(self.start_time),
+            attributes: Some(self.attributes),
+            links: self.links,
+            ..Default::default()
+        }
+    }
+}
+
 /// Starts a call's span.
 ///
 /// A layer holds its tracer behind this trait rather than as a
@@ -582,23 +606,18 @@ pub(crate) type OwnedSpan = Box<dyn opentelemetry::global::ObjectSafeSpan + Send
 /// once, by the [`Context`](opentelemetry::Context) or the call that owns it,
 /// instead of once by the boxed tracer and again by its owner.
 pub(crate) trait StartSpan: Send + Sync {
-    /// Starts a span from `builder` (sampled against `parent`) and returns
-    /// `into` with that span as its active span, and whether the span
-    /// records (known here without taking the context's lock on the span).
+    /// Starts a span (sampled against `parent`) and returns `into` with
+    /// that span as its active span, and whether the span records (known
+    /// here without taking the context's lock on the span).
     fn start(
         &self,
-        builder: opentelemetry::trace::SpanBuilder,
+        span: SpanStart,
         parent: &opentelemetry::Context,
         into: &opentelemetry::Context,
     ) -> (opentelemetry::Context, bool);
 
-    /// Starts a span from `builder` (sampled against `parent`) that no
-    /// context will hold.
-    fn start_owned(
-        &self,
-        builder: opentelemetry::trace::SpanBuilder,
-        parent: &opentelemetry::Context,
-    ) -> OwnedSpan;
+    /// Starts a span (sampled against `parent`) that no context will hold.
+    fn start_owned(&self, span: SpanStart, parent: &opentelemetry::Context) -> OwnedSpan;
 }
 
 struct ConcreteTracer<T>(T);
@@ -610,12 +629,12 @@ where
 {
     fn start(
         &self,
-        builder: opentelemetry::trace::SpanBuilder,
+        span: SpanStart,
         parent: &opentelemetry::Context,
         into: &opentelemetry::Context,
     ) -> (opentelemetry::Context, bool) {
         use opentelemetry::trace::{Span, TraceContextExt};
-        let span = self.0.build_with_context(builder, parent);
+        let span = self.0.build_with_context(span.into_builder(), parent);
         if span.is_recording() {
             (into.with_span(span), true)
         } else {
@@ -632,12 +651,8 @@ where
         }
     }
 
-    fn start_owned(
-        &self,
-        builder: opentelemetry::trace::SpanBuilder,
-        parent: &opentelemetry::Context,
-    ) -> OwnedSpan {
-        Box::new(self.0.build_with_context(builder, parent))
+    fn start_owned(&self, span: SpanStart, parent: &opentelemetry::Context) -> OwnedSpan {
+        Box::new(self.0.build_with_context(span.into_builder(), parent))
     }
 }
 
