@@ -1008,20 +1008,28 @@ struct FailOnUnwind<'a>(Option<&'a mut Call>);
 impl Drop for FailOnUnwind<'_> {
     fn drop(&mut self) {
         if let Some(call) = self.0.take() {
-            // A second panic escaping a destructor during unwinding would
-            // abort the process: one from recording (a span processor, an
-            // attribute filter) is dropped instead.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.on_panic()));
+            record_in_destructor(|| call.on_panic());
         }
     }
 }
 
 impl Drop for Call {
     fn drop(&mut self) {
-        // A body dropped after its terminal message ended normally, even if
-        // nobody polled it to the end.
-        self.on_abandoned();
+        // A finished call (the common case) skips the unwinding guard.
+        if !self.done {
+            // A body dropped after its terminal message ended normally, even
+            // if nobody polled it to the end.
+            record_in_destructor(|| self.on_abandoned());
+        }
     }
+}
+
+/// Records from a destructor. Recording runs user code (span processors,
+/// an attribute filter); a panic from it escaping a destructor while
+/// another panic unwinds would abort the process, so it is dropped (the
+/// panic hook has reported it).
+fn record_in_destructor(record: impl FnOnce()) {
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(record));
 }
 
 #[cfg(test)]

@@ -325,3 +325,49 @@ fn panics_request() -> http::Request<http_body_util::Full<Bytes>> {
         .body(http_body_util::Full::new(Bytes::new()))
         .unwrap()
 }
+
+/// A call still running when some other panic unwinds past it is recorded
+/// (cancelled) as its future is dropped. If recording panics too (here an
+/// attribute filter that panics on the status code), the process must not
+/// abort: the other panic goes on, on both sides.
+#[test]
+fn a_panic_while_recording_a_dropped_call_leaves_the_unwinding_panic_going() {
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use tower::{Layer, Service};
+
+    let t = Telemetry::new();
+    let otel = t.instrumentation().with_attribute_filter(|_req, kv| {
+        assert_ne!(
+            kv.key.as_str(),
+            "rpc.status_code",
+            "filter panics on endings"
+        );
+        true
+    });
+    let pending = tower::service_fn(|_req: http::Request<http_body_util::Full<Bytes>>| {
+        std::future::pending::<
+            Result<Response<http_body_util::Full<Bytes>>, std::convert::Infallible>,
+        >()
+    });
+    let mut server = otel.server_layer().layer(pending);
+    let mut client = otel.client_layer().layer(pending);
+    let futures = [
+        (
+            "server",
+            Box::pin(server.call(panics_request()))
+                as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>,
+        ),
+        ("client", Box::pin(client.call(panics_request()))),
+    ];
+    for (side, future) in futures {
+        let unwound = catch_unwind(AssertUnwindSafe(move || {
+            let _running = future;
+            panic!("elsewhere");
+        }));
+        assert_eq!(
+            unwound.unwrap_err().downcast_ref::<&str>(),
+            Some(&"elsewhere"),
+            "{side}: the unwinding panic goes on"
+        );
+    }
+}
