@@ -297,35 +297,6 @@ fn a_panic_while_recording_a_panic_leaves_the_first_one_going() {
     }
 }
 
-/// A service whose `call` panics with "boom" before any future exists.
-#[derive(Clone)]
-struct PanicsInCall;
-
-impl tower::Service<http::Request<http_body_util::Full<Bytes>>> for PanicsInCall {
-    type Response = Response<http_body_util::Full<Bytes>>;
-    type Error = std::convert::Infallible;
-    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _req: http::Request<http_body_util::Full<Bytes>>) -> Self::Future {
-        panic!("boom")
-    }
-}
-
-/// A gRPC request to `pkg.Svc/Panics`.
-fn panics_request() -> http::Request<http_body_util::Full<Bytes>> {
-    http::Request::post("http://127.0.0.1:1/pkg.Svc/Panics")
-        .header("content-type", "application/grpc")
-        .body(http_body_util::Full::new(Bytes::new()))
-        .unwrap()
-}
-
 /// A call still running when some other panic unwinds past it is recorded
 /// (cancelled) as its future is dropped. If recording panics too (here an
 /// attribute filter that panics on the status code), the process must not
@@ -370,4 +341,33 @@ fn a_panic_while_recording_a_dropped_call_leaves_the_unwinding_panic_going() {
             "{side}: the unwinding panic goes on"
         );
     }
+}
+
+/// A service whose `call` panics with "boom" before any future exists.
+#[derive(Clone)]
+struct PanicsInCall;
+
+impl tower::Service<http::Request<http_body_util::Full<Bytes>>> for PanicsInCall {
+    type Response = Response<http_body_util::Full<Bytes>>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _req: http::Request<http_body_util::Full<Bytes>>) -> Self::Future {
+        panic!("boom")
+    }
+}
+
+/// A gRPC request to `pkg.Svc/Panics`.
+fn panics_request() -> http::Request<http_body_util::Full<Bytes>> {
+    http::Request::post("http://127.0.0.1:1/pkg.Svc/Panics")
+        .header("content-type", "application/grpc")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap()
 }
