@@ -113,7 +113,7 @@ impl<B: Body> Body for ResponseBody<B> {
                         call.on_trailers(trailers);
                     }
                 }
-                Some(Err(_)) => call.on_abandoned(),
+                Some(Err(_)) => call.on_body_error(),
                 None => call.on_end(),
             }
             if inner.is_end_stream() {

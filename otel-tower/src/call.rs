@@ -514,6 +514,9 @@ impl Call {
                 }
                 Reader::Unary
             }
+            // A non-200 answer to an enveloped protocol comes from a router
+            // or a proxy (an HTML page, a JSON error): not a message stream.
+            _ if self.http_status != 200 => Reader::Bytes,
             // gRPC's outcome is in the trailers: envelopes are parsed only
             // when something per message is recorded.
             Protocol::Grpc
@@ -803,25 +806,63 @@ impl Call {
         }
     }
 
-    /// The body failed or was abandoned: CANCELLED, or DEADLINE_EXCEEDED once
-    /// the request's deadline has passed.
+    /// Whether the terminal message already told the outcome: a Connect
+    /// end-stream message or gRPC-Web trailers were read, or a gRPC
+    /// trailers-only status came in the headers with no body at all.
+    fn terminal_seen(&self) -> bool {
+        let trailers_only =
+            self.protocol.is_grpc() && self.ending.is_some() && self.body_bytes == 0;
+        self.end_stream_seen || trailers_only
+    }
+
+    /// The response future or body was dropped before the body ended.
+    ///
+    /// A call whose outcome is already known ends with it: after its
+    /// terminal message, or after the head of a successful Connect unary
+    /// response, whose status line is its outcome (the rest of the body is
+    /// the message). Otherwise the call was cancelled: CANCELLED, or
+    /// DEADLINE_EXCEEDED once the request's deadline has passed. (A Connect
+    /// error whose body was not read is cancelled too: the HTTP status alone
+    /// is a lossy guess at its code.)
     pub fn on_abandoned(&mut self) {
         if self.done {
             return;
         }
-        // The outcome may already be known: the terminal message was read,
-        // or a trailers-only status came in the headers with no body at all.
-        let trailers_only =
-            self.protocol.is_grpc() && self.ending.is_some() && self.body_bytes == 0;
-        if self.end_stream_seen || trailers_only {
+        let unary_success = matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet)
+            && matches!(self.http_status, 200 | 304);
+        if self.terminal_seen() || unary_success {
             self.on_end();
             return;
         }
-        let code = match self.deadline {
+        self.finish(Ending::code(self.cancelled()));
+    }
+
+    /// The response body failed before its terminal message.
+    ///
+    /// On the client that is the server (or the connection) resetting the
+    /// stream: a cancellation, as for a drop. On the server the response
+    /// body is the service's own, so its failure is the service failing:
+    /// an error without a code, unless the deadline has passed.
+    pub fn on_body_error(&mut self) {
+        if self.done {
+            return;
+        }
+        if self.terminal_seen() {
+            self.on_end();
+        } else if self.side == Side::Client {
+            self.finish(Ending::code(self.cancelled()));
+        } else {
+            self.on_service_error("response body failed".to_string());
+        }
+    }
+
+    /// CANCELLED, or DEADLINE_EXCEEDED once the request's deadline has
+    /// passed.
+    fn cancelled(&self) -> Code {
+        match self.deadline {
             Some(deadline) if Instant::now() >= deadline => Code::DeadlineExceeded,
             _ => Code::Cancelled,
-        };
-        self.finish(Ending::code(code));
+        }
     }
 
     /// The inner service or body panicked: an error without a code, on both
@@ -835,14 +876,11 @@ impl Call {
     /// deadline itself (tonic's `Channel` does) fails the call that way, and
     /// that is DEADLINE_EXCEEDED, as for a drop or a body error.
     pub fn on_service_error(&mut self, message: String) {
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            self.on_abandoned();
-            return;
-        }
-        self.finish(Ending::with_message(
-            None,
-            Some(truncate(message, MAX_STATUS_MESSAGE)),
-        ));
+        let ending = match self.cancelled() {
+            Code::DeadlineExceeded => Ending::code(Code::DeadlineExceeded),
+            _ => Ending::with_message(None, Some(truncate(message, MAX_STATUS_MESSAGE))),
+        };
+        self.finish(ending);
     }
 
     /// The series of a successful call of a method known to exist (its

@@ -284,3 +284,68 @@ async fn captured_response_headers_and_trailers_join_in_one_attribute() {
         r#"["from-headers","from-trailers"]"#
     );
 }
+
+/// A non-200 answer to gRPC, gRPC-Web or Connect streaming comes from a
+/// router or a proxy: its body (an HTML page here) is not a sequence of
+/// envelopes, so it yields no message events and no message sizes, on
+/// either side. Read as envelopes, `<html>` would be one message of
+/// 1,752,460,652 bytes.
+#[tokio::test]
+async fn a_proxy_error_page_is_not_a_message_stream() {
+    const PAGE: &[u8] = b"<html><body>502 Bad Gateway</body></html>";
+    let t = Telemetry::new();
+    let otel = t.instrumentation_with(otel_tower::Semconv::Legacy);
+    let addr = serve(
+        otel.server_layer(),
+        std::sync::Arc::new(|_| {
+            Response::builder()
+                .status(502)
+                .header("content-type", "text/html")
+                .body(Scripted::data(&[PAGE]))
+                .unwrap()
+        }),
+    )
+    .await;
+    for (content_type, status_key, status) in [
+        ("application/grpc", "rpc.grpc.status_code", "14"),
+        ("application/grpc-web+proto", "rpc.grpc.status_code", "14"),
+        (
+            "application/connect+proto",
+            "rpc.connect_rpc.error_code",
+            "unavailable",
+        ),
+    ] {
+        t.spans.reset();
+        let client = ServiceBuilder::new().layer(otel.client_layer());
+        let req = grpc_request(addr, "/pkg.Svc/M", content_type);
+        let response = if content_type == "application/grpc" {
+            client.service(h2_client()).oneshot(req).await
+        } else {
+            client.service(h1_client()).oneshot(req).await
+        }
+        .unwrap();
+        assert_eq!(response.status(), 502);
+        let (_, body, _) = read_all(response).await;
+        assert_eq!(body, PAGE, "bytes unchanged");
+        t.wait_spans(2).await;
+        for kind in [SpanKind::Server, SpanKind::Client] {
+            let span = t.span(kind.clone());
+            assert_eq!(attrs(&span)[status_key], status, "{content_type} {kind:?}");
+            assert!(
+                span.events.is_empty(),
+                "{content_type} {kind:?}: {:?}",
+                span.events
+            );
+        }
+    }
+    for side in ["server", "client"] {
+        let sizes = t.histogram(&format!("rpc.{side}.response.size"));
+        assert!(
+            sizes.iter().all(|p| p.count == 0),
+            "{side}: no response message: {sizes:?}"
+        );
+        let per_rpc = t.histogram(&format!("rpc.{side}.responses_per_rpc"));
+        assert_eq!(per_rpc.iter().map(|p| p.count).sum::<u64>(), 3, "{side}");
+        assert_eq!(per_rpc.iter().map(|p| p.sum).sum::<f64>(), 0.0, "{side}");
+    }
+}

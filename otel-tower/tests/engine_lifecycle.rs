@@ -8,12 +8,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Response;
 use http_body_util::BodyExt;
-use opentelemetry::trace::SpanKind;
+use opentelemetry::trace::{SpanKind, Status};
 use support::*;
 use tower::{ServiceBuilder, ServiceExt};
 
+/// The server's response body failing is the service failing: an error
+/// without a code there. The client sees the stream reset: CANCELLED.
 #[tokio::test]
-async fn body_error_mid_stream_is_cancelled() {
+async fn body_error_mid_stream_fails_the_server_and_cancels_the_client() {
     let t = Telemetry::new();
     let otel = t.instrumentation();
     let addr = serve(
@@ -52,15 +54,62 @@ async fn body_error_mid_stream_is_cancelled() {
     t.wait_spans(2).await;
     let server = t.span(SpanKind::Server);
     let client_span = t.span(SpanKind::Client);
-    assert_eq!(attrs(&server)["rpc.status_code"], "CANCELLED");
-    assert!(!is_error(&server));
+    assert!(!attrs(&server).contains_key("rpc.status_code"));
+    assert_eq!(attrs(&server)["error.type"], "_OTHER");
+    assert_eq!(server.status, Status::error("response body failed"));
     assert_eq!(attrs(&client_span)["rpc.status_code"], "CANCELLED");
     assert!(is_error(&client_span));
-    assert_eq!(
-        t.histogram("rpc.server.call.duration")[0].count,
-        1,
-        "recorded once"
-    );
+    let points = t.histogram("rpc.server.call.duration");
+    assert_eq!(points.len(), 1, "recorded once: {points:?}");
+    assert_eq!(points[0].count, 1);
+    assert_eq!(points[0].attributes["error.type"], "_OTHER");
+}
+
+/// A Connect unary response's status line is its outcome: a client that
+/// drops a 200 body before its end (it has what it needs) did not cancel
+/// the call, and neither side records it as cancelled.
+#[tokio::test]
+async fn connect_unary_success_dropped_before_its_end_is_ok_on_both_sides() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    let addr = serve(
+        otel.server_layer(),
+        Arc::new(|_| {
+            Response::builder()
+                .header("content-type", "application/proto")
+                .body(Scripted::data_then_hang(&[b"first half"]))
+                .unwrap()
+        }),
+    )
+    .await;
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
+    let response = client
+        .oneshot(grpc_request(addr, "/pkg.Svc/Unary", "application/proto"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), &b"first half"[..]);
+    drop(body);
+    t.wait_spans(2).await;
+    for kind in [SpanKind::Server, SpanKind::Client] {
+        let span = t.span(kind.clone());
+        assert!(!is_error(&span), "{kind:?}: {:?}", span.status);
+        assert!(!attrs(&span).contains_key("rpc.status_code"), "{kind:?}");
+        assert!(!attrs(&span).contains_key("error.type"), "{kind:?}");
+    }
+    for name in ["rpc.server.call.duration", "rpc.client.call.duration"] {
+        let points = t.histogram(name);
+        assert_eq!(points.len(), 1, "{name}: {points:?}");
+        assert!(!points[0].attributes.contains_key("error.type"), "{name}");
+    }
 }
 
 #[tokio::test]
