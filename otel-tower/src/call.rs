@@ -461,7 +461,7 @@ impl Call {
     /// span once, when it ends (the SDK appends attributes, it never
     /// replaces one).
     fn capture_response(&mut self, headers: &HeaderMap) {
-        if !self.recording() || self.config.response_headers.is_empty() {
+        if !self.captures_response() {
             return;
         }
         Call::collect_captured(
@@ -541,6 +541,14 @@ impl Call {
             }
         };
         self.capture_response(&head.headers);
+        if matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet) {
+            self.capture_trailer_pairs(head.headers.iter().filter_map(|(name, value)| {
+                let name = name
+                    .as_str()
+                    .strip_prefix(crate::wire::names::CONNECT_UNARY_TRAILER_PREFIX)?;
+                Some((name, value))
+            }));
+        }
         if self.side == Side::Server && self.traced() && self.config.propagate_response_header {
             self.inject(&mut head.headers);
         }
@@ -604,7 +612,7 @@ impl Call {
                         None
                     };
                     let block = block.as_deref().unwrap_or(payload);
-                    self.capture_trailer_block(block);
+                    self.capture_trailer_pairs(grpc_web::trailer_lines(block));
                     self.grpc_web_trailers(block)
                 } else {
                     self.connect_end_stream(flags, payload, truncated)
@@ -613,15 +621,28 @@ impl Call {
         }
     }
 
-    fn capture_trailer_block(&mut self, block: &[u8]) {
-        if !self.recording() || self.config.response_headers.is_empty() {
+    /// Whether response headers and trailers are captured on this call.
+    fn captures_response(&self) -> bool {
+        self.recording() && !self.config.response_headers.is_empty()
+    }
+
+    /// Captures trailers that do not travel as HTTP trailers: gRPC-Web's
+    /// trailer block, Connect unary's `trailer-` headers and Connect
+    /// streaming's end-of-stream metadata. Names that are not valid header
+    /// names (in any case) and invalid values are skipped.
+    fn capture_trailer_pairs<N, V>(&mut self, pairs: impl IntoIterator<Item = (N, V)>)
+    where
+        N: AsRef<[u8]>,
+        V: AsRef<[u8]>,
+    {
+        if !self.captures_response() {
             return;
         }
         let mut map = HeaderMap::new();
-        for (name, value) in grpc_web::trailer_lines(block) {
+        for (name, value) in pairs {
             if let (Ok(n), Ok(v)) = (
-                http::HeaderName::from_bytes(name),
-                HeaderValue::from_bytes(value),
+                http::HeaderName::from_bytes(name.as_ref()),
+                HeaderValue::from_bytes(value.as_ref()),
             ) {
                 map.append(n, v);
             }
@@ -641,7 +662,7 @@ impl Call {
         Ending::with_message(Some(code), message)
     }
 
-    fn connect_end_stream(&self, flags: u8, payload: &[u8], truncated: bool) -> Ending {
+    fn connect_end_stream(&mut self, flags: u8, payload: &[u8], truncated: bool) -> Ending {
         let decompressed;
         let (json, complete) = if flags & envelope::FLAG_COMPRESSED != 0 {
             match connect_error::decompress_prefix(payload, self.content_encoding, ERROR_BODY_CAP) {
@@ -654,6 +675,9 @@ impl Call {
         } else {
             (Some(payload), !truncated)
         };
+        if let Some(json) = json.filter(|_| complete && self.captures_response()) {
+            self.capture_trailer_pairs(connect_error::end_stream_metadata(json));
+        }
         // A message cut short (past the cap) is classified from what was
         // read: an error that came whole before the cut.
         let parsed = json.and_then(|json| {

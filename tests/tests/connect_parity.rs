@@ -278,68 +278,97 @@ async fn filter_on_server_only_and_on_both() {
     t.wait_spans(2).await;
 }
 
+/// `Ping` then a one-message `CountUp`, both sending the `x-custom` header.
+async fn ping_and_count_up_with_header<T>(client: &PingServiceClient<T>)
+where
+    T: ClientTransport,
+    T::ResponseBody: Unpin + Send,
+    <T::ResponseBody as http_body::Body>::Error: std::fmt::Display,
+{
+    let options = CallOptions::default()
+        .with_header("x-custom", "one")
+        .with_header("x-other", "ignored");
+    bounded(client.ping_with_options(ping_request(1), options.clone()))
+        .await
+        .unwrap();
+    bounded(async {
+        let mut s = client
+            .count_up_with_options(
+                CountUpRequest {
+                    number: 1,
+                    ..Default::default()
+                },
+                options,
+            )
+            .await
+            .unwrap();
+        while s.message().await.unwrap().is_some() {}
+    })
+    .await;
+}
+
+/// Captured request headers, response headers and response trailers, on
+/// every protocol: trailers travel as HTTP/2 trailers (gRPC), in the body's
+/// trailer block (gRPC-Web), as `trailer-` headers (Connect unary) and in
+/// the end-of-stream message's metadata (Connect streaming).
 #[tokio::test]
 async fn header_capture_on_spans_never_in_metrics() {
     for mode in [Semconv::Stable, Semconv::Legacy] {
-        let t = Telemetry::new();
-        let otel = instrumentation(&t)
-            .with_semconv(mode)
-            .with_trace_request_header(["x-custom"])
-            .with_trace_response_header([RESPONSE_HEADER]);
-        let server = serve_axum(&otel, ServerOptions::default()).await;
-        let client = h2_client(&otel, config(&server, Protocol::Connect)).await;
-        let options = CallOptions::default()
-            .with_header("x-custom", "one")
-            .with_header("x-other", "ignored");
-        bounded(client.ping_with_options(ping_request(1), options.clone()))
-            .await
-            .unwrap();
-        bounded(async {
-            let mut s = client
-                .count_up_with_options(
-                    CountUpRequest {
-                        number: 1,
-                        ..Default::default()
-                    },
-                    options,
-                )
-                .await
-                .unwrap();
-            while s.message().await.unwrap().is_some() {}
-        })
-        .await;
-        let spans = t.wait_spans(4).await;
-        let (req_key, res_key) = match mode {
-            Semconv::Stable => (
-                "rpc.request.metadata.x-custom",
-                "rpc.response.metadata.x-ping-response",
-            ),
-            _ => (
-                "rpc.connect_rpc.request.metadata.x_custom",
-                "rpc.connect_rpc.response.metadata.x_ping_response",
-            ),
-        };
-        for method in [PING, COUNT_UP] {
-            for kind in [SpanKind::Client, SpanKind::Server] {
-                let span = find(&spans, kind.clone(), method);
-                assert_eq!(
-                    attr(span, req_key),
-                    Some(Value::Array(vec![StringValue::from("one")].into())),
-                    "{mode:?} {kind:?} {method}"
-                );
-                assert_eq!(
-                    attr(span, res_key),
-                    Some(Value::Array(vec![StringValue::from("pong")].into())),
-                    "{mode:?} {kind:?} {method}"
-                );
-                assert!(!attrs(span).keys().any(|k| k.contains("x-other")));
+        for (protocol, h2) in [
+            (Protocol::Connect, true),
+            (Protocol::Connect, false),
+            (Protocol::Grpc, true),
+            (Protocol::GrpcWeb, false),
+        ] {
+            let t = Telemetry::new();
+            let otel = instrumentation(&t)
+                .with_semconv(mode)
+                .with_trace_request_header(["x-custom"])
+                .with_trace_response_header([RESPONSE_HEADER, RESPONSE_TRAILER]);
+            let server = serve_axum(&otel, ServerOptions::default()).await;
+            if h2 {
+                ping_and_count_up_with_header(&h2_client(&otel, config(&server, protocol)).await)
+                    .await;
+            } else {
+                ping_and_count_up_with_header(&http_client(&otel, config(&server, protocol))).await;
             }
-        }
-        for p in t.histograms() {
-            assert!(
-                !p.attributes.keys().any(|k| k.contains("metadata")),
-                "{p:?}"
-            );
+            let spans = t.wait_spans(4).await;
+            let system = match protocol {
+                Protocol::Connect => "connect_rpc",
+                _ => "grpc",
+            };
+            let keys = match mode {
+                Semconv::Stable => [
+                    "rpc.request.metadata.x-custom".to_string(),
+                    "rpc.response.metadata.x-ping-response".to_string(),
+                    "rpc.response.metadata.x-ping-cost".to_string(),
+                ],
+                _ => [
+                    format!("rpc.{system}.request.metadata.x_custom"),
+                    format!("rpc.{system}.response.metadata.x_ping_response"),
+                    format!("rpc.{system}.response.metadata.x_ping_cost"),
+                ],
+            };
+            for method in [PING, COUNT_UP] {
+                for kind in [SpanKind::Client, SpanKind::Server] {
+                    let span = find(&spans, kind.clone(), method);
+                    let at = format!("{mode:?} {protocol:?} h2={h2} {kind:?} {method}");
+                    for (key, value) in keys.iter().zip(["one", "pong", "1"]) {
+                        assert_eq!(
+                            attr(span, key),
+                            Some(Value::Array(vec![StringValue::from(value)].into())),
+                            "{at}: {key}"
+                        );
+                    }
+                    assert!(!attrs(span).keys().any(|k| k.contains("x-other")), "{at}");
+                }
+            }
+            for p in t.histograms() {
+                assert!(
+                    !p.attributes.keys().any(|k| k.contains("metadata")),
+                    "{p:?}"
+                );
+            }
         }
     }
 }

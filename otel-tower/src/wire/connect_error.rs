@@ -109,6 +109,29 @@ pub fn parse_end_stream(json: &[u8]) -> Option<Option<ConnectError>> {
     }
 }
 
+/// The `metadata` member of an end-of-stream message (the stream's
+/// trailers): each name with its values, in order. Values that are not
+/// strings, and anything that is not valid JSON, yield nothing.
+pub fn end_stream_metadata(json: &[u8]) -> Vec<(String, String)> {
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_slice(json) else {
+        return Vec::new();
+    };
+    let Some(serde_json::Value::Object(metadata)) = obj.remove("metadata") else {
+        return Vec::new();
+    };
+    let mut pairs = Vec::new();
+    for (name, values) in metadata {
+        if let serde_json::Value::Array(values) = values {
+            for value in values {
+                if let serde_json::Value::String(value) = value {
+                    pairs.push((name.clone(), value));
+                }
+            }
+        }
+    }
+    pairs
+}
+
 /// The `error` member of an end-of-stream message cut short (past the
 /// cap), if it came whole before the cut: Connect implementations write it
 /// before the `metadata`, which is what can grow large.
@@ -173,6 +196,21 @@ mod tests {
             .unwrap();
         assert_eq!(e.code, Some(Code::DataLoss));
         assert_eq!(parse_end_stream(b"nope"), None);
+    }
+
+    #[test]
+    fn end_stream_metadata_keeps_string_values_in_order() {
+        let json = br#"{"error":{"code":"aborted"},"metadata":{"X-Cost":["1","2"],"n":[3],"s":"x","e":[]}}"#;
+        assert_eq!(
+            end_stream_metadata(json),
+            [
+                ("X-Cost".to_string(), "1".to_string()),
+                ("X-Cost".to_string(), "2".to_string())
+            ]
+        );
+        assert!(end_stream_metadata(br#"{"metadata":["a"]}"#).is_empty());
+        assert!(end_stream_metadata(br#"{"metadata":{"a":["#).is_empty());
+        assert!(end_stream_metadata(b"{}").is_empty());
     }
 
     #[test]

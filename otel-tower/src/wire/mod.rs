@@ -25,6 +25,8 @@ pub(crate) mod names {
         HeaderName::from_static("connect-protocol-version");
     pub const CONNECT_CONTENT_ENCODING: HeaderName =
         HeaderName::from_static("connect-content-encoding");
+    /// Connect unary sends its trailers as response headers with this prefix.
+    pub const CONNECT_UNARY_TRAILER_PREFIX: &str = "trailer-";
 }
 pub use protocol::{Procedure, Protocol, RpcSystem};
 

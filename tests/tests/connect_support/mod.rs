@@ -41,6 +41,9 @@ pub const SUM: &str = "observability.ping.v1.PingService/Sum";
 /// A response header `Ping` and `CountUp` set (value `pong`).
 pub const RESPONSE_HEADER: &str = "x-ping-response";
 
+/// A response trailer `Ping` and `CountUp` set (value `1`).
+pub const RESPONSE_TRAILER: &str = "x-ping-cost";
+
 /// Bound on every wait in these suites.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -130,7 +133,9 @@ impl PingService for PingServer {
             data: request.data,
             ..Default::default()
         };
-        Ok(connectrpc::Response::new(response).with_header(RESPONSE_HEADER, "pong"))
+        Ok(connectrpc::Response::new(response)
+            .with_header(RESPONSE_HEADER, "pong")
+            .with_trailer(RESPONSE_TRAILER, "1"))
     }
 
     async fn fail(
@@ -202,7 +207,8 @@ impl PingService for PingServer {
         }));
         Ok(
             connectrpc::Response::new(Box::pin(numbers.chain(tail)) as ServiceStream<_>)
-                .with_header(RESPONSE_HEADER, "pong"),
+                .with_header(RESPONSE_HEADER, "pong")
+                .with_trailer(RESPONSE_TRAILER, "1"),
         )
     }
 
