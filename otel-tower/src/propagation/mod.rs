@@ -132,6 +132,7 @@ impl TextMapPropagator for CompositePropagator {
 /// most once a second while no global is installed (the global sits behind
 /// a process-wide lock that every call would otherwise take), so a global
 /// installed while calls are being served is in use within a second.
+/// Installed as the global itself, it acts as W3C Trace Context + Baggage.
 #[derive(Debug)]
 pub struct DefaultPropagator {
     fallback: CompositePropagator,
@@ -156,14 +157,39 @@ impl DefaultPropagator {
     }
 
     fn with<T>(&self, f: impl Fn(&dyn TextMapPropagator) -> T) -> T {
-        opentelemetry::global::get_text_map_propagator(|global| {
+        with_global(|global| {
             if global.fields().next().is_some() {
                 f(global)
             } else {
                 f(&self.fallback)
             }
         })
+        // A default installed as the global, called by one of ours.
+        .unwrap_or_else(|| f(&self.fallback))
     }
+}
+
+thread_local! {
+    /// Set while this thread runs the global propagator on behalf of ours.
+    static IN_GLOBAL: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with the global propagator; `None` when this thread is already
+/// inside it for us. A [`DefaultPropagator`] installed as the global would
+/// otherwise consult itself without end (and take the global's lock again
+/// while holding it); inside, it acts as its fallback.
+fn with_global<T>(mut f: impl FnMut(&dyn TextMapPropagator) -> T) -> Option<T> {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            IN_GLOBAL.set(false);
+        }
+    }
+    if IN_GLOBAL.replace(true) {
+        return None;
+    }
+    let _leave = Leave;
+    Some(opentelemetry::global::get_text_map_propagator(&mut f))
 }
 
 impl TextMapPropagator for DefaultPropagator {
@@ -179,9 +205,8 @@ impl TextMapPropagator for DefaultPropagator {
     }
 
     fn fields(&self) -> FieldIter<'_> {
-        let global: Vec<String> = opentelemetry::global::get_text_map_propagator(|g| {
-            g.fields().map(str::to_owned).collect()
-        });
+        let global: Vec<String> =
+            with_global(|g| g.fields().map(str::to_owned).collect()).unwrap_or_default();
         if global.is_empty() {
             return self.fallback.fields();
         }
@@ -299,8 +324,9 @@ fn global_installed(now: Instant) -> bool {
         {
             return installed;
         }
-        let installed =
-            opentelemetry::global::get_text_map_propagator(|g| g.fields().next().is_some());
+        // Inside the global already (a propagator of ours installed as it):
+        // not installed, as far as this call can tell.
+        let installed = with_global(|g| g.fields().next().is_some()).unwrap_or(false);
         seen.set(Some((now, installed)));
         installed
     })
