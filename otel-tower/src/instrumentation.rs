@@ -319,12 +319,20 @@ impl Instrumentation {
     /// (without this option, a method that has not yet succeeded through
     /// the layer gets it when the call ends, since an UNIMPLEMENTED answer
     /// makes it `_OTHER`).
+    ///
+    /// A leading `/` is ignored, so connectrpc's procedure paths
+    /// (`/package.Service/Method`) can be given as they are.
+    ///
+    /// # Panics
+    ///
+    /// On a name that is not `<service>/<method>` with both parts non-empty
+    /// (it could never match a call), here at configuration time.
     pub fn with_known_methods<I, M>(self, methods: I) -> Self
     where
         I: IntoIterator<Item = M>,
         M: Into<String>,
     {
-        let methods: Vec<String> = methods.into_iter().map(Into::into).collect();
+        let methods: Vec<String> = methods.into_iter().map(known_method).collect();
         self.edit(|o| o.known_methods = Some(methods))
     }
 
@@ -381,6 +389,23 @@ where
 
 /// Adds the names not in `list` yet: a header listed twice (in any case)
 /// is still one attribute.
+/// A `with_known_methods` name as calls report it: `service/method`.
+fn known_method(name: impl Into<String>) -> String {
+    let name = name.into();
+    let bare = name.strip_prefix('/').unwrap_or(&name);
+    match bare.split_once('/') {
+        Some((service, method))
+            if !service.is_empty() && !method.is_empty() && !method.contains('/') =>
+        {
+            bare.to_string()
+        }
+        _ => panic!(
+            "with_known_methods: {name:?} is not a `package.Service/Method` name, \
+             so no call could match it"
+        ),
+    }
+}
+
 fn add_unique(list: &mut Vec<HeaderName>, names: Vec<HeaderName>) {
     for name in names {
         if !list.contains(&name) {

@@ -522,6 +522,41 @@ async fn existing_span_in_extensions_is_the_parent_without_extraction() {
     );
 }
 
+/// connectrpc's procedure paths carry a leading `/`: the same method.
+#[tokio::test]
+async fn known_methods_accept_a_leading_slash() {
+    let t = Telemetry::new();
+    let otel = t
+        .instrumentation()
+        .with_known_methods(["/observability.ping.v1.PingService/Ping"]);
+    let addr = serve(otel.server_layer(), Arc::new(ping_server_response)).await;
+    call_once(&otel, addr, connect_request(addr, PING)).await;
+    t.wait_spans(2).await;
+    for kind in [SpanKind::Server, SpanKind::Client] {
+        let span = t.span(kind.clone());
+        assert_eq!(
+            span.name, "observability.ping.v1.PingService/Ping",
+            "{kind:?}"
+        );
+        assert_eq!(
+            attrs(&span)["rpc.method"],
+            "observability.ping.v1.PingService/Ping"
+        );
+    }
+}
+
+#[test]
+fn known_methods_that_could_never_match_are_refused_at_configuration() {
+    for bad in ["pkg.Svc.M", "/pkg.Svc/", "pkg.Svc/", "/M", "a/b/c", ""] {
+        let result = std::panic::catch_unwind(|| {
+            otel_tower::Instrumentation::new().with_known_methods([bad])
+        });
+        assert!(result.is_err(), "{bad:?} accepted");
+    }
+    // And good ones are kept.
+    let _ = otel_tower::Instrumentation::new().with_known_methods(["pkg.Svc/M", "/pkg.Svc/N"]);
+}
+
 #[tokio::test]
 async fn known_methods_rpc_system_and_signal_switches() {
     // Known methods: anything else is _OTHER from the start.
