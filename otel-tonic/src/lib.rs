@@ -91,7 +91,9 @@
 //! - gRPC-Web through `tonic-web` is recognised too (reported as
 //!   `rpc.system.name = grpc`); requests that are not RPCs, such as plain
 //!   HTTP routes of an axum router that also serves tonic services, pass
-//!   through untouched.
+//!   through untouched. (A `POST` with `application/json` is a Connect call
+//!   by that protocol's rule: leave such routes out with
+//!   [`Instrumentation::with_filter`].)
 //!
 //! Deadlines: a request with a timeout (`Request::set_timeout`, the
 //! `grpc-timeout` header) that runs out ends as `DEADLINE_EXCEEDED` on both
@@ -100,13 +102,15 @@
 //! before its deadline (or without one) is `CANCELLED`, an error on the
 //! client only.
 //!
-//! Panics: tonic does not catch a panicking handler. The task serving the
-//! call dies and the HTTP/2 stream is reset, so the server span ends as a
-//! dropped call (`CANCELLED`, not an error on the server) and the client sees
-//! a reset without a gRPC status (`error.type` `_OTHER` if no response had
-//! arrived yet, `CANCELLED` mid-stream). To report panics as server errors,
-//! turn them into a gRPC status inside the server layer, e.g. with
-//! tower-http's `CatchPanicLayer`:
+//! Panics: tonic does not catch a panicking handler. The server layer sees
+//! the panic go by and ends the server span as an error without a code
+//! (`error.type` `_OTHER`, description `panicked`); the panic goes on, the
+//! task serving the call dies and the HTTP/2 stream is reset. The client
+//! sees a reset without a gRPC status (`error.type` `_OTHER` if no response
+//! had arrived yet, `CANCELLED` mid-stream). To answer the client with a
+//! gRPC status instead (and record that code on both sides), turn panics
+//! into a status inside the server layer, e.g. with tower-http's
+//! `CatchPanicLayer`:
 //!
 //! ```
 //! use tonic::transport::Server;

@@ -7,7 +7,10 @@
 //!
 //! - the protocol is detected from the request (gRPC, gRPC-Web and its text
 //!   mode, Connect unary POST and GET, Connect streaming); anything else
-//!   passes through untouched;
+//!   passes through untouched. A `POST` with `application/json` or
+//!   `application/proto` is a Connect unary call by the protocol's own rule,
+//!   so a JSON route served next to RPCs is measured as one unless
+//!   [`Instrumentation::with_filter`] leaves it out;
 //! - spans follow the OpenTelemetry RPC semantic conventions v1.45.0 by
 //!   default ([`Semconv`] selects otelconnect-go's legacy names, or both);
 //! - the outcome is read wherever the protocol puts it (trailers,
