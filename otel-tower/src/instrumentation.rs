@@ -240,7 +240,11 @@ impl Instrumentation {
 
     /// Treats every caller as untrusted: the server span starts a new trace
     /// with a link to the caller's span instead of being its child
-    /// (otelconnect-go's default). Baggage still reaches the handler.
+    /// (otelconnect-go's default). Baggage still reaches the handler. With
+    /// no server span (tracing off), the caller's span is left out of the
+    /// handler's context all the same. Calls that
+    /// [`with_filter`](Self::with_filter) leaves out keep the caller's
+    /// context, as the filter promises.
     pub fn with_public_endpoint(self) -> Self {
         self.edit(|o| o.public_endpoint = Some(Arc::new(|_| true)))
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use opentelemetry::Context;
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -113,6 +113,14 @@ where
             });
 
         let tracer = config.tracer.as_deref().filter(|_| instrumented);
+        // A public endpoint does not let its caller parent what the handler
+        // does: with a span of ours the caller's span becomes its link (see
+        // `Call::begin`); without one, the caller's span is left out.
+        let parent = if public && tracer.is_none() {
+            without_remote_span(parent)
+        } else {
+            parent
+        };
         let metered = instrumented && config.server_instruments.is_some();
         if tracer.is_none() && !metered {
             parts.extensions.insert(parent.clone());
@@ -166,5 +174,15 @@ where
             })
         };
         ResponseFuture::new(future, Some(call), Current::Call, config.body_context)
+    }
+}
+
+/// `cx` without its span when that span is a caller's (remote); baggage
+/// and the rest stay.
+fn without_remote_span(cx: Context) -> Context {
+    if cx.span().span_context().is_remote() {
+        cx.with_remote_span_context(SpanContext::empty_context())
+    } else {
+        cx
     }
 }

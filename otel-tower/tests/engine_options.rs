@@ -447,6 +447,60 @@ async fn public_endpoint_starts_new_trace_with_link_and_trusted_is_child() {
     }
 }
 
+/// Without a span of ours (tracing off), a public endpoint still keeps the
+/// caller's span from parenting the handler's work: the handler's current
+/// context and the request's context extension carry no span, while
+/// baggage still arrives. Trusted, the handler continues the caller's trace.
+#[tokio::test]
+async fn public_endpoint_without_tracing_leaves_the_callers_span_out() {
+    use opentelemetry::Context;
+    use opentelemetry::baggage::BaggageExt;
+    let t = Telemetry::new();
+    let caller = t.instrumentation();
+    for (public, metrics) in [(true, true), (true, false), (false, true)] {
+        let mut otel = t.instrumentation().without_tracing();
+        if public {
+            otel = otel.with_public_endpoint();
+        }
+        if !metrics {
+            otel = otel.without_metrics();
+        }
+        type Seen = (Option<String>, Option<String>, Option<String>);
+        let seen: Arc<std::sync::Mutex<Option<Seen>>> = Arc::default();
+        let seen2 = seen.clone();
+        let addr = serve(
+            otel.server_layer(),
+            Arc::new(move |req| {
+                let valid_trace = |cx: &Context| {
+                    let sc = cx.span().span_context().clone();
+                    sc.is_valid().then(|| sc.trace_id().to_string())
+                };
+                let current = Context::current();
+                *seen2.lock().unwrap() = Some((
+                    valid_trace(&current),
+                    req.extensions().get::<Context>().and_then(valid_trace),
+                    current.baggage().get("k").map(|v| v.to_string()),
+                ));
+                ping_server_response(req)
+            }),
+        )
+        .await;
+        t.spans.reset();
+        let mut req = connect_request(addr, PING);
+        req.extensions_mut()
+            .insert(Context::new().with_baggage([opentelemetry::KeyValue::new("k", "v")]));
+        call_once(&caller, addr, req).await;
+        let client = t.wait_spans(1).await.remove(0);
+        let caller_trace = client.span_context.trace_id().to_string();
+        let (current, extension, baggage) = seen.lock().unwrap().take().unwrap();
+        let at = format!("public={public} metrics={metrics}");
+        let expected = (!public).then_some(caller_trace);
+        assert_eq!(current, expected, "{at}: current");
+        assert_eq!(extension, expected, "{at}: extension");
+        assert_eq!(baggage.as_deref(), Some("v"), "{at}: baggage");
+    }
+}
+
 #[tokio::test]
 async fn response_header_propagation_and_handler_sees_no_injected_header() {
     let t = Telemetry::new();
