@@ -1,6 +1,9 @@
 //! A template microservice: a Connect server that may call a downstream copy
 //! of itself, with OpenTelemetry on both sides. Copy it and replace the Ping
-//! service with yours.
+//! service with yours. Besides this file it needs `examples/src/telemetry.rs`
+//! (the providers), a build script like `examples/build_connect.rs` with your
+//! `.proto`, and the dependencies and build-dependencies listed in
+//! `examples/Cargo.toml`.
 //!
 //! Configuration (environment):
 //!
@@ -59,10 +62,12 @@ impl PingService for Service {
         request: ServiceRequest<'_, PingRequest>,
     ) -> ServiceResult<PingResponse> {
         let request = request.to_owned_message();
-        // A `tracing` span in the handler: a child of the RPC span.
+        // A `tracing` event, recorded on TraceLayer's `request` span (itself
+        // a child of the RPC span).
         tracing::info!(id = request.id, "ping");
         let id = match &self.downstream {
-            // The outgoing call continues the incoming trace.
+            // The outgoing call continues the incoming trace (its span is a
+            // child of the `request` span, which is current here).
             Some(downstream) => downstream.ping(request.clone()).await?.into_owned().id,
             None => request.id,
         };
@@ -97,11 +102,17 @@ impl PingService for Service {
     async fn count_up(
         &self,
         _ctx: RequestContext,
-        _request: ServiceRequest<'_, CountUpRequest>,
+        request: ServiceRequest<'_, CountUpRequest>,
     ) -> ServiceResult<ServiceStream<CountUpResponse>> {
-        Err(ConnectError::new(
-            ErrorCode::Unimplemented,
-            "not in this template",
+        // A server stream: the RPC span lasts until its last message.
+        let numbers = (1..=request.number.clamp(0, 1000)).map(|number| {
+            Ok(CountUpResponse {
+                number,
+                ..Default::default()
+            })
+        });
+        Ok(connectrpc::Response::new(
+            Box::pin(futures::stream::iter(numbers)) as ServiceStream<_>,
         ))
     }
 

@@ -98,6 +98,29 @@ async fn two_instances_one_trace_flushed_on_shutdown() {
     let body = response.into_body().collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&body).contains("42"), "{body:?}");
 
+    // A Connect server stream (CountUp to 3) from the template.
+    let message = br#"{"number":"3"}"#;
+    let mut envelope = vec![0u8];
+    envelope.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    envelope.extend_from_slice(message);
+    let req = http::Request::post(format!(
+        "http://127.0.0.1:{port_a}/observability.ping.v1.PingService/CountUp"
+    ))
+    .header("content-type", "application/connect+json")
+    .body(Full::new(Bytes::from(envelope)))
+    .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains(r#""number":"3""#) && !text.contains("error"),
+        "{text}"
+    );
+
     let (a, b) = (a, b);
     tokio::task::spawn_blocking(move || {
         terminate(a);
@@ -134,6 +157,17 @@ async fn two_instances_one_trace_flushed_on_shutdown() {
         .find(|s| s.service == "svc-a" && s.name == "request")
         .unwrap_or_else(|| panic!("TraceLayer span: {in_trace:#?}"));
     assert_eq!(request_span.parent_span_id, a_server.span_id);
+    // The downstream call is made inside it (tracing-opentelemetry makes the
+    // entered span's context current).
+    assert_eq!(a_client.parent_span_id, request_span.span_id);
+    // The stream's span (a trace of its own), ended with its last message.
+    assert!(
+        r.spans.iter().any(|s| s.service == "svc-a"
+            && s.kind == 2
+            && s.name == "observability.ping.v1.PingService/CountUp"),
+        "{:#?}",
+        r.spans
+    );
     assert!(
         r.metrics
             .iter()

@@ -36,10 +36,11 @@ use opentelemetry::trace::{
     SpanId, SpanKind, Status, TraceContextExt, TraceId, Tracer, TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
-use otel_examples::telemetry::{otlp_configured, resource};
+use otel_examples::telemetry::otlp_configured;
 use otel_tower::Instrumentation;
 use tokio::sync::oneshot;
 
@@ -76,11 +77,14 @@ impl ServiceTelemetry {
     fn new(name: &'static str) -> Self {
         let spans = InMemorySpanExporter::default();
         let metrics = InMemoryMetricExporter::default();
+        // Each of the three services keeps its own name (`OTEL_SERVICE_NAME`
+        // would make them one in a tracing backend).
+        let resource = Resource::builder().with_service_name(name).build();
         let mut tracer = SdkTracerProvider::builder()
-            .with_resource(resource(name))
+            .with_resource(resource.clone())
             .with_simple_exporter(spans.clone());
         let mut meter = SdkMeterProvider::builder()
-            .with_resource(resource(name))
+            .with_resource(resource)
             .with_reader(
                 PeriodicReader::builder(metrics.clone())
                     .with_interval(Duration::from_secs(3600))
