@@ -180,7 +180,7 @@ fn method_final(method: &MethodRef, known: bool, config: &Config) -> bool {
 /// authority (`:authority` in HTTP/2) or the `Host` header.
 fn authority_host_port(parts: &http::request::Parts) -> Option<(StringValue, Option<u16>)> {
     if let Some(authority) = parts.uri.authority() {
-        return Some(host_port(authority));
+        return host_port(authority);
     }
     let parsed = parts
         .headers
@@ -189,7 +189,7 @@ fn authority_host_port(parts: &http::request::Parts) -> Option<(StringValue, Opt
         .ok()?
         .parse::<http::uri::Authority>()
         .ok()?;
-    Some(host_port(&parsed))
+    host_port(&parsed)
 }
 
 /// How long after the call started its deadline counts as passed: the
@@ -590,6 +590,12 @@ impl Call {
     }
 
     fn on_envelope(&mut self, event: EnvelopeEvent<'_>) {
+        // The terminal envelope is the last: whatever follows it is no
+        // message, and another "terminal" must not be read (each would add
+        // captured values; gzip makes them cheap to send).
+        if self.end_stream_seen {
+            return;
+        }
         match event {
             EnvelopeEvent::Message { flags, len } => {
                 self.messages += 1;

@@ -33,6 +33,12 @@ type PeerAddrFn = Arc<dyn Fn(&http::Extensions) -> Option<SocketAddr> + Send + S
 /// random paths cannot fill it.
 const METHOD_CACHE_CAP: usize = 1024;
 
+/// Longest path admitted as a method known to exist. Real procedure paths
+/// are far shorter; a longer one (a catch-all route answering any path) is
+/// parsed per call instead, so that no path can make the process keep
+/// kilobytes of names for good.
+const MAX_ADMITTED_PATH: usize = 512;
+
 /// How many distinct methods the process keeps pre-built names for. The
 /// names are leaked (`&'static`, so that a call clones them without touching
 /// a reference count, and spans exported after a layer is gone can still
@@ -453,13 +459,23 @@ const HOST_CACHE_CAP: usize = 1024;
 static HOSTS: std::sync::LazyLock<InternTable<(&'static str, Option<u16>)>> =
     std::sync::LazyLock::new(|| InternTable::new(HOST_CACHE_CAP));
 
+/// Longest authority reported: a DNS name has at most 253 bytes, plus
+/// brackets, a colon and a port. Anything longer is no host a client could
+/// have addressed, and is not worth a place in the process-wide table
+/// (`Host` has no length limit of its own).
+const MAX_AUTHORITY_LEN: usize = 253 + 8;
+
 /// `server.address` (brackets of an IPv6 literal removed) and `server.port`
-/// of an authority. Interned hosts are leaked on purpose, at most
-/// `HOST_CACHE_CAP` of them per process, so cloning the value per call never
-/// touches a shared reference count.
-pub(crate) fn host_port(authority: &http::uri::Authority) -> (StringValue, Option<u16>) {
+/// of an authority; `None` for one longer than any real host's. Interned
+/// hosts are leaked on purpose, at most `HOST_CACHE_CAP` of them per
+/// process, so cloning the value per call never touches a shared reference
+/// count.
+pub(crate) fn host_port(authority: &http::uri::Authority) -> Option<(StringValue, Option<u16>)> {
+    if authority.as_str().len() > MAX_AUTHORITY_LEN {
+        return None;
+    }
     if let Some((host, port)) = HOSTS.get(authority.as_str()) {
-        return (StringValue::from(*host), *port);
+        return Some((StringValue::from(*host), *port));
     }
     let host = authority.host();
     let host = host
@@ -467,12 +483,14 @@ pub(crate) fn host_port(authority: &http::uri::Authority) -> (StringValue, Optio
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     let port = authority.port_u16();
-    match HOSTS.insert(authority.as_str(), || {
-        (&*Box::leak(host.to_owned().into_boxed_str()), port)
-    }) {
-        Some((host, port)) => (StringValue::from(*host), *port),
-        None => (StringValue::from(Arc::<str>::from(host)), port),
-    }
+    Some(
+        match HOSTS.insert(authority.as_str(), || {
+            (&*Box::leak(host.to_owned().into_boxed_str()), port)
+        }) {
+            Some((host, port)) => (StringValue::from(*host), *port),
+            None => (StringValue::from(Arc::<str>::from(host)), port),
+        },
+    )
 }
 
 /// Interned method names: parsed once per distinct path.
@@ -551,7 +569,13 @@ impl MethodCache {
     /// names interned and final. Known-methods configurations hold theirs
     /// from the start.
     pub fn admit(&self, path: &str) {
-        if self.known.is_some() || self.table.get(path).is_some() {
+        // A full table admits nothing more: the process-wide names are not
+        // interned for a method this configuration would not hold.
+        if self.known.is_some()
+            || path.len() > MAX_ADMITTED_PATH
+            || self.table.is_full()
+            || self.table.get(path).is_some()
+        {
             return;
         }
         if let Some(names) = intern(path) {

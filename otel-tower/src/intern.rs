@@ -136,6 +136,11 @@ impl<V: Send + Sync + 'static> InternTable<V> {
         None
     }
 
+    /// Whether no more entries fit.
+    pub fn is_full(&self) -> bool {
+        self.len.load(Ordering::Relaxed) >= self.cap
+    }
+
     /// How many entries are interned.
     #[cfg(test)]
     pub fn len(&self) -> usize {

@@ -63,13 +63,17 @@ impl<S> std::fmt::Debug for ServerService<S> {
 }
 
 /// The `content-length` of a request, when it has a valid one.
+/// The declared body size, when it is a size a message can have: a peer's
+/// claim of more than 4 GiB is ignored rather than recorded (it would
+/// overflow a histogram's sum in a few calls).
 pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(http::header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
-        .parse()
+        .parse::<u32>()
         .ok()
+        .map(u64::from)
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ServerService<S>

@@ -349,3 +349,76 @@ async fn a_proxy_error_page_is_not_a_message_stream() {
         assert_eq!(per_rpc.iter().map(|p| p.sum).sum::<f64>(), 0.0, "{side}");
     }
 }
+
+/// The terminal envelope (gRPC-Web trailers, Connect end-of-stream) is the
+/// last: anything after it is neither a message nor another outcome, and
+/// adds no captured values (repeated, gzip would make each cost a peer a
+/// few bytes and the client kilobytes).
+#[tokio::test]
+async fn nothing_after_the_terminal_envelope_is_read() {
+    /// Content type, terminal flag, first and later terminal payloads, and
+    /// the status the first one gives.
+    type Case = (&'static str, u8, &'static [u8], &'static [u8], &'static str);
+    let cases: [Case; 2] = [
+        (
+            "application/grpc-web+proto",
+            0x80,
+            b"grpc-status: 0\r\nx-cost: 1\r\n",
+            b"grpc-status: 13\r\nx-cost: 2\r\n",
+            "OK",
+        ),
+        (
+            "application/connect+proto",
+            0x02,
+            br#"{"metadata":{"x-cost":["1"]}}"#,
+            br#"{"error":{"code":"internal"},"metadata":{"x-cost":["2"]}}"#,
+            "",
+        ),
+    ];
+    for (content_type, flag, first, second, status) in cases {
+        let t = Telemetry::new();
+        let mut body = envelope(0, b"m");
+        body.extend(envelope(flag, first));
+        for _ in 0..3 {
+            body.extend(envelope(flag, second));
+            body.extend(envelope(0, b"late"));
+        }
+        let svc = tower::service_fn(move |_req: Request<Full<Bytes>>| {
+            let body = body.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", content_type)
+                        .body(Full::new(Bytes::from(body)))
+                        .unwrap(),
+                )
+            }
+        });
+        let client = ServiceBuilder::new()
+            .layer(
+                t.instrumentation()
+                    .with_trace_events()
+                    .with_trace_response_header(["x-cost"])
+                    .client_layer(),
+            )
+            .service(svc);
+        let response = client.oneshot(request(content_type)).await.unwrap();
+        let _ = response.into_body().collect().await;
+        let span = t.span(SpanKind::Client);
+        let attrs = attrs(&span);
+        assert_eq!(
+            attrs["rpc.response.metadata.x-cost"], r#"["1"]"#,
+            "{content_type}"
+        );
+        assert_eq!(
+            attrs
+                .get("rpc.status_code")
+                .map(String::as_str)
+                .unwrap_or(""),
+            status,
+            "{content_type}"
+        );
+        assert!(!is_error(&span), "{content_type}");
+        assert_eq!(span.events.len(), 1, "{content_type}: {:?}", span.events);
+    }
+}

@@ -222,6 +222,9 @@ pub(crate) fn inject_to(cx: &Context, injector: &mut dyn Injector) {
         if !is_token(key.as_str()) {
             continue;
         }
+        // Percent-encoding can triple a value: a member that would take the
+        // header past the limit is left out whole.
+        let member_start = header.len();
         if !header.is_empty() {
             header.push(',');
         }
@@ -236,6 +239,9 @@ pub(crate) fn inject_to(cx: &Context, injector: &mut dyn Injector) {
         {
             header.push(';');
             header.push_str(metadata);
+        }
+        if header.len() > MAX_BYTES {
+            header.truncate(member_start);
         }
     }
     if !header.is_empty() {

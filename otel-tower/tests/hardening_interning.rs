@@ -1,0 +1,116 @@
+//! Names a peer chooses (the `Host` header, the request path) never make
+//! the process keep memory for good: the process-wide tables of interned
+//! names take only names of a size real hosts and methods have. In its own
+//! test binary: it counts the live bytes of the whole process.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+use otel_tower::Instrumentation;
+use otel_tower::propagation::TraceContext;
+use tower::{Layer, Service};
+
+/// Bytes allocated and not yet freed.
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+struct LiveBytes;
+
+// SAFETY: forwards to the system allocator; only counts.
+unsafe impl GlobalAlloc for LiveBytes {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: LiveBytes = LiveBytes;
+
+/// One Connect unary call through `svc` (which answers 200 at once), with
+/// this path and `Host`.
+fn call<S>(svc: &mut S, path: &str, host: &str)
+where
+    S: Service<http::Request<Empty<Bytes>>>,
+{
+    let request = http::Request::post(path)
+        .header("host", host)
+        .header("content-type", "application/proto")
+        .body(Empty::new())
+        .unwrap();
+    let mut future = std::pin::pin!(svc.call(request));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(future.as_mut().poll(&mut cx).is_ready());
+}
+
+#[test]
+fn long_hosts_and_paths_are_not_kept() {
+    let spans = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(spans.clone())
+        .build();
+    let otel = Instrumentation::new()
+        .with_tracer_provider(provider.clone())
+        .with_propagator(TraceContext::new());
+    // Succeeds on any path, like a catch-all route.
+    let mut svc =
+        otel.server_layer()
+            .layer(tower::service_fn(|_req: http::Request<Empty<Bytes>>| {
+                std::future::ready(Ok::<_, Infallible>(
+                    http::Response::builder()
+                        .header("content-type", "application/proto")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap(),
+                ))
+            }));
+    const LONG: usize = 20_000;
+    const CALLS: usize = 300;
+    let filler = "a".repeat(LONG);
+    call(&mut svc, "/pkg.Svc/Warm", "warm.example");
+    spans.reset();
+    let before = LIVE.load(Ordering::Relaxed);
+    for i in 0..CALLS {
+        call(
+            &mut svc,
+            &format!("/pkg.Svc/M{i}{filler}"),
+            &format!("h{i}{filler}.example"),
+        );
+        spans.reset();
+    }
+    let grown = LIVE.load(Ordering::Relaxed) - before;
+    // Interned, each call would keep its host twice and its path four
+    // times: about 30 MB here.
+    assert!(
+        grown < 1024 * 1024,
+        "{grown} bytes still live after {CALLS} calls with {LONG}-byte names"
+    );
+
+    // Such a host is no `server.address`; a real one is.
+    call(&mut svc, "/pkg.Svc/M", &format!("{filler}.example"));
+    call(&mut svc, "/pkg.Svc/M", "api.example:8443");
+    let finished = spans.get_finished_spans().unwrap();
+    let address = |i: usize| {
+        finished[i]
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "server.address")
+            .map(|kv| kv.value.to_string())
+    };
+    assert_eq!(address(0), None);
+    assert_eq!(address(1).as_deref(), Some("api.example"));
+}
