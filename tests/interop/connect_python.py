@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import select
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,9 @@ class Server:
         )
         self.spans: list[dict] = []
         self.requests: list[dict] = []
+        # The LISTEN line, within a bound (run.sh also bounds the suite).
+        ready = select.select([self.proc.stdout], [], [], 60)[0]
+        assert ready, "the server printed no LISTEN line within 60 s"
         line = self.proc.stdout.readline()
         assert line.startswith("LISTEN "), line
         self.url = line.split()[1]
@@ -151,42 +155,55 @@ def main() -> int:
         def msg(name: str, **fields):
             return m[name].input(**fields)
 
+        # (label, call, the code our server answers with: None for success,
+        # and what a successful call must return).
         calls = [
             ("Ping", lambda h: client.execute_unary(
-                request=msg("Ping", id=7, data=big), method=m["Ping"], headers=h)),
+                request=msg("Ping", id=7, data=big), method=m["Ping"], headers=h).id,
+             None, 7),
             ("Fail", lambda h: client.execute_unary(
-                request=msg("Fail", code=5), method=m["Fail"], headers=h)),
+                request=msg("Fail", code=5), method=m["Fail"], headers=h),
+             "not_found", None),
             ("Fail", lambda h: client.execute_unary(
-                request=msg("Fail", code=14), method=m["Fail"], headers=h)),
+                request=msg("Fail", code=14), method=m["Fail"], headers=h),
+             "unavailable", None),
+            ("CountUp", lambda h: [r.number for r in client.execute_server_stream(
+                request=msg("CountUp", number=3), method=m["CountUp"], headers=h)],
+             None, [1, 2, 3]),
             ("CountUp", lambda h: list(client.execute_server_stream(
-                request=msg("CountUp", number=3), method=m["CountUp"], headers=h))),
-            ("CountUp", lambda h: list(client.execute_server_stream(
-                request=msg("CountUp", number=2, fail_code=9), method=m["CountUp"], headers=h))),
+                request=msg("CountUp", number=2, fail_code=9), method=m["CountUp"], headers=h)),
+             "failed_precondition", None),
         ]
         if protocol == ProtocolType.CONNECT and http_version == HTTPVersion.HTTP1:
             calls.append(("Ping GET", lambda h: client.execute_unary(
-                request=msg("Ping", id=8), method=m["Ping"], headers=h, use_get=True)))
+                request=msg("Ping", id=8), method=m["Ping"], headers=h, use_get=True).id,
+                None, 8))
         if http_version == HTTPVersion.HTTP2:
             calls.append(("Sum", lambda h: client.execute_client_stream(
                 request=iter([msg("Sum", number=1), msg("Sum", number=2)]),
-                method=m["Sum"], headers=h)))
+                method=m["Sum"], headers=h).sum, None, 3))
             calls.append(("Sum", lambda h: client.execute_client_stream(
-                request=iter([msg("Sum", number=-1)]), method=m["Sum"], headers=h)))
-            calls.append(("PingStream", lambda h: list(client.execute_bidi_stream(
+                request=iter([msg("Sum", number=-1)]), method=m["Sum"], headers=h),
+                "invalid_argument", None))
+            calls.append(("PingStream", lambda h: len(list(client.execute_bidi_stream(
                 request=iter([msg("PingStream", data=big), msg("PingStream", data=big)]),
-                method=m["PingStream"], headers=h))))
+                method=m["PingStream"], headers=h))), None, 2))
             calls.append(("PingStream", lambda h: list(client.execute_bidi_stream(
                 request=iter([msg("PingStream", data=b"fail")]),
-                method=m["PingStream"], headers=h))))
+                method=m["PingStream"], headers=h)), "data_loss", None))
 
-        for label, call in calls:
+        for label, call, expected_code, expected_result in calls:
             trace_id, span_id = secrets.token_hex(16), secrets.token_hex(8)
             headers = {"traceparent": f"00-{trace_id}-{span_id}-01"}
-            code = None
+            code, result = None, None
             try:
-                call(headers)
+                result = call(headers)
             except ConnectError as e:
                 code = e.code.value
+            where = f"python {protocol_name} {http} {label}"
+            check(f"{where}: the call's outcome", code == expected_code, (code, expected_code))
+            if expected_code is None:
+                check(f"{where}: the reply", result == expected_result, (result, expected_result))
             outcomes.append(dict(
                 protocol=protocol_name, http=http, label=label,
                 method=label.split()[0], code=code,

@@ -7,7 +7,8 @@
 # `suite_NAME` that builds what it needs and runs its checks; its last output
 # line must be `N passed, N failed`. Suites run inside `||`, where `set -e`
 # does not apply: end every command that may fail with `|| return`. The totals are printed at the end, and
-# the script exits non-zero if any suite failed or printed no summary.
+# the script exits non-zero if any suite failed, ran no case, printed no
+# summary or ran past its time limit.
 #
 # To add a suite: append its name to SUITES and define `suite_NAME` below.
 set -euo pipefail
@@ -25,17 +26,20 @@ REQUIREMENTS=tests/interop/requirements.txt
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps \
   | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 PY="$VENV/bin/python"
+# Bound on each suite's checks: a hung peer or call fails the suite instead
+# of stalling CI.
+LIMIT=${INTEROP_TIMEOUT:-300}
 
 # W3C Trace Context / Baggage / B3 against Python's opentelemetry propagators.
 suite_propagation() {
   cargo build --quiet -p otel-integration-tests --bin propagation-interop || return
-  "$PY" tests/interop/propagation.py "$TARGET_DIR/debug/propagation-interop"
+  timeout "$LIMIT" "$PY" tests/interop/propagation.py "$TARGET_DIR/debug/propagation-interop"
 }
 
 # otel_tonic server and client against grpcio + opentelemetry-instrumentation-grpc.
 suite_grpcio() {
   cargo build --quiet -p otel-integration-tests --bin tonic-interop || return
-  "$PY" tests/interop/grpcio_interop.py "$TARGET_DIR/debug/tonic-interop"
+  timeout "$LIMIT" "$PY" tests/interop/grpcio_interop.py "$TARGET_DIR/debug/tonic-interop"
 }
 
 # otel_connect server and client against @connectrpc/connect-node 2.1.2
@@ -43,13 +47,13 @@ suite_grpcio() {
 suite_connect_node() {
   cargo build --quiet -p otel-integration-tests --bin connect-interop || return
   (cd tests/interop/connect-node && npm ci --no-audit --no-fund --loglevel=error) || return
-  node tests/interop/connect-node/interop.mjs "$TARGET_DIR/debug/connect-interop"
+  timeout "$LIMIT" node tests/interop/connect-node/interop.mjs "$TARGET_DIR/debug/connect-interop"
 }
 
 # otel_connect server against Python connectrpc 0.13 (gzip by default).
 suite_connect_python() {
   cargo build --quiet -p otel-integration-tests --bin connect-interop || return
-  "$PY" tests/interop/connect_python.py "$TARGET_DIR/debug/connect-interop"
+  timeout "$LIMIT" "$PY" tests/interop/connect_python.py "$TARGET_DIR/debug/connect-interop"
 }
 
 setup_venv() {
@@ -85,6 +89,9 @@ for name in "${SUITES[@]}"; do
   total_failed=$((total_failed + failed))
   if [[ $status -ne 0 && $failed -eq 0 ]]; then
     broken+=("$name (exit $status)")
+  fi
+  if [[ $passed -eq 0 ]]; then
+    broken+=("$name (no case ran)")
   fi
 done
 

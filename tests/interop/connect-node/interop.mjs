@@ -100,12 +100,29 @@ function runBinary(args) {
 
 const hex = (n) => randomBytes(n).toString("hex");
 
+// Waits for `promise` at most `ms`; past that the child is killed and the
+// suite fails (run.sh also bounds the whole suite).
+async function within(promise, child, what, ms = 60_000) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`${what}: nothing within ${ms} ms`));
+    }, ms);
+  });
+  try {
+    return await Promise.race([promise, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 // ---------------------------------------------------------------------------
 // (a) connect-node client -> our server
 // ---------------------------------------------------------------------------
 async function clientToOurServer() {
   const server = runBinary(["server"]);
-  const baseUrl = await server.listening;
+  const baseUrl = await within(server.listening, server.child, "our server's LISTEN line");
   const sent = [];
   let label = null;
   const traceparent = (next) => async (req) => {
@@ -133,9 +150,9 @@ async function clientToOurServer() {
         const r = await client.ping({ id: 7n });
         if (r.id !== 7n) throw new Error(`bad echo ${r.id}`);
       }],
-      ["Fail", () => client.fail({ code: Code.NotFound })],
-      ["Fail", () => client.fail({ code: Code.Internal })],
-      ["Fail", () => client.fail({ code: Code.PermissionDenied })],
+      ["Fail", () => client.fail({ code: Code.NotFound }), Code.NotFound],
+      ["Fail", () => client.fail({ code: Code.Internal }), Code.Internal],
+      ["Fail", () => client.fail({ code: Code.PermissionDenied }), Code.PermissionDenied],
       ["CountUp", async () => {
         let n = 0;
         for await (const m of client.countUp({ number: 3n })) n = Number(m.number);
@@ -143,7 +160,7 @@ async function clientToOurServer() {
       }],
       ["CountUp", async () => {
         for await (const _ of client.countUp({ number: 2n, failCode: Code.FailedPrecondition }));
-      }],
+      }, Code.FailedPrecondition],
     ];
     if (h2) {
       calls.push(["Sum", async () => {
@@ -155,7 +172,7 @@ async function clientToOurServer() {
       }]);
       calls.push(["Sum", () => client.sum((async function* () {
         yield { number: -1n };
-      })())]);
+      })()), Code.InvalidArgument]);
       calls.push(["PingStream", async () => {
         const out = [];
         for await (const m of client.pingStream((async function* () {
@@ -168,10 +185,12 @@ async function clientToOurServer() {
         for await (const _ of client.pingStream((async function* () {
           yield { data: new TextEncoder().encode("fail") };
         })()));
-      }]);
+      }, Code.DataLoss]);
     }
     if (http.endsWith("GET")) calls = calls.slice(0, 1);
-    for (const [method, call] of calls) {
+    // Each call: the method, the call (which checks a successful reply
+    // itself), and the code our server answers with (none: success).
+    for (const [method, call, expected = null] of calls) {
       label = { protocol, http, method };
       let code = null;
       try {
@@ -179,6 +198,11 @@ async function clientToOurServer() {
       } catch (e) {
         code = ConnectError.from(e).code;
       }
+      check(
+        `node ${protocol} ${http} ${method}: the call's outcome`,
+        code === expected,
+        `${code === null ? "ok" : Code[code]} vs ${expected === null ? "ok" : Code[expected]}`,
+      );
       outcomes.push({ ...label, code, sent: sent[sent.length - 1] });
     }
   }
@@ -188,7 +212,7 @@ async function clientToOurServer() {
     await new Promise((r) => setTimeout(r, 20));
   }
   server.child.stdin.end();
-  await server.exited;
+  await within(server.exited, server.child, "our server's exit");
 
   for (const o of outcomes) {
     const name = `node ${o.protocol} ${o.http} ${o.method} -> our server (${o.code === null ? "ok" : Code[o.code]})`;
@@ -273,7 +297,7 @@ async function ourClientToNodeServer() {
 
   const run = runBinary(["client", url]);
   run.child.stdin.end();
-  await run.exited;
+  await within(run.exited, run.child, "our client's calls");
   server.close();
 
   const clientSpans = run.lines.spans.filter((s) => s.kind === "client");
