@@ -17,7 +17,7 @@ fn run_demo(envs: &[(&str, &str)]) -> String {
     for (k, v) in envs {
         cmd.env(k, v);
     }
-    let output = cmd.output().expect("run the demo");
+    let output = common::output_within(&mut cmd, std::time::Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -74,6 +74,11 @@ fn demo_shows_connected_traces_statuses_and_metrics() {
     let traces = traces(&output);
     assert_eq!(traces.len(), 7, "{output}");
     assert!(output.contains("7 traces, 35 spans."), "{output}");
+    // The scenarios whose statuses are checked below are all there.
+    for scenario in ["not found", "too slow", "stream"] {
+        let n = traces.iter().filter(|(t, _)| t.contains(scenario)).count();
+        assert!(n >= 1, "no trace titled with {scenario:?} in\n{output}");
+    }
     for (title, block) in &traces {
         let lines = span_lines(block);
         let find = |service: &str, kind: &str| {

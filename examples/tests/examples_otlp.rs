@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn free_port() -> u16 {
@@ -28,48 +28,35 @@ async fn wait_listening(port: u16) {
     panic!("nothing listening on {port}");
 }
 
-fn interrupt(mut child: Child) {
-    let _ = Command::new("kill")
-        .arg("-INT")
-        .arg(child.id().to_string())
-        .status();
-    for _ in 0..100 {
-        if let Ok(Some(_)) = child.try_wait() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("example did not stop on SIGINT");
-}
-
 /// Runs `server` (listening on `addr_var`) and then `client` (pointed at it
 /// with `url_var`), both exporting to a local OTLP receiver.
 async fn run_pair(server: &str, addr_var: &str, client: &str, url_var: &str) -> common::Received {
     let (otlp, received) = common::start().await;
     let endpoint = format!("http://{otlp}");
     let port = free_port();
-    let server = Command::new(server)
-        .env(addr_var, format!("127.0.0.1:{port}"))
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start server");
+    let mut server = common::Running::spawn(
+        Command::new(server)
+            .env(addr_var, format!("127.0.0.1:{port}"))
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .stdout(Stdio::null()),
+    );
     wait_listening(port).await;
     let client = client.to_string();
     let url_var = url_var.to_string();
     let status = tokio::task::spawn_blocking(move || {
-        Command::new(client)
-            .env(url_var, format!("http://127.0.0.1:{port}"))
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
-            .stdout(Stdio::null())
-            .status()
-            .expect("run client")
+        common::Running::spawn(
+            Command::new(client)
+                .env(url_var, format!("http://127.0.0.1:{port}"))
+                .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+                .stdout(Stdio::null()),
+        )
+        .wait_within(Duration::from_secs(60))
     })
     .await
     .unwrap();
     assert!(status.success());
-    tokio::task::spawn_blocking(move || interrupt(server))
+    // The server flushes its telemetry when interrupted.
+    tokio::task::spawn_blocking(move || server.signal_and_wait("-INT"))
         .await
         .unwrap();
     std::mem::take(&mut *received.lock().unwrap())

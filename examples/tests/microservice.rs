@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +20,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(name: &str, port: u16, downstream: Option<u16>, otlp: &str) -> Child {
+fn spawn(name: &str, port: u16, downstream: Option<u16>, otlp: &str) -> common::Running {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_microservice"));
     cmd.env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("OTEL_SERVICE_NAME", name)
@@ -31,7 +31,7 @@ fn spawn(name: &str, port: u16, downstream: Option<u16>, otlp: &str) -> Child {
     if let Some(d) = downstream {
         cmd.env("DOWNSTREAM_URL", format!("http://127.0.0.1:{d}"));
     }
-    cmd.spawn().expect("start microservice")
+    common::Running::spawn(&mut cmd)
 }
 
 async fn wait_healthy(port: u16) {
@@ -48,20 +48,10 @@ async fn wait_healthy(port: u16) {
     panic!("microservice on {port} did not come up");
 }
 
-fn terminate(mut child: Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
-    for _ in 0..100 {
-        if let Ok(Some(status)) = child.try_wait() {
-            assert!(status.success(), "graceful exit: {status}");
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("microservice did not stop on SIGTERM");
+/// SIGTERM, then a graceful exit (telemetry flushed) within 5 s.
+fn terminate(mut child: common::Running) {
+    let status = child.signal_and_wait("-TERM");
+    assert!(status.success(), "graceful exit: {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

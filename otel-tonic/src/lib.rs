@@ -8,8 +8,10 @@
 //!
 //! - the instrumentation scope `otel-tonic` (with this crate's version);
 //! - the client's socket address (`network.peer.address` / `network.peer.port`
-//!   on server spans) from tonic's [`TcpConnectInfo`], and with the `tls`
-//!   feature from `TlsConnectInfo<TcpConnectInfo>` (see [`peer_addr`]);
+//!   on server spans) from tonic's [`TcpConnectInfo`], which tonic's own TLS
+//!   (`Server::tls_config`) inserts too; with the `tls` feature also from
+//!   `TlsConnectInfo<TcpConnectInfo>`, all tonic inserts for TLS streams you
+//!   accept yourself and hand to `serve_with_incoming` (see [`peer_addr`]);
 //! - [`skip_health_checks`], a ready filter that keeps
 //!   `grpc.health.v1.Health` probes out of your traces and metrics.
 //!

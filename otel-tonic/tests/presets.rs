@@ -37,19 +37,6 @@ fn peer_addr_falls_back_to_a_socket_addr_extension() {
     assert_eq!(otel_tonic::peer_addr(&ext), Some(addr));
 }
 
-#[cfg(feature = "tls")]
-#[test]
-fn tls_connect_info_type_is_read() {
-    // TlsConnectInfo cannot be built outside tonic; check the lookup compiles
-    // against the type tonic inserts and ignores other extensions.
-    let ext = http::Extensions::new();
-    assert!(
-        ext.get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
-            .is_none()
-    );
-    assert_eq!(otel_tonic::peer_addr(&ext), None);
-}
-
 #[test]
 fn layers_build_with_every_default() {
     let _server = otel_tonic::server();

@@ -45,12 +45,15 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             let (instant, derived) = super::now();
             let system = SystemTime::now();
-            // Monotonic order, and within a millisecond of the real clock.
+            // Monotonic order, and close to the real clock (a millisecond by
+            // design; the slack is for the two reads being descheduled
+            // apart, while an anchor that lagged would be off by the 20 ms
+            // slept).
             assert!(derived >= first);
             let gap = system
                 .duration_since(derived)
                 .unwrap_or_else(|e| e.duration());
-            assert!(gap < Duration::from_millis(1), "{gap:?}");
+            assert!(gap < Duration::from_millis(5), "{gap:?}");
             assert!(instant.elapsed() < Duration::from_secs(1));
         }
     }

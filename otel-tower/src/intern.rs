@@ -262,18 +262,25 @@ mod tests {
             .map(|n| {
                 let t = t.clone();
                 std::thread::spawn(move || {
+                    // What each insert returned, by key.
+                    let mut seen = [None; 50];
                     for k in 0..100 {
-                        t.insert(&format!("k{}", k % 50), || n);
+                        let got = *t.insert(&format!("k{}", k % 50), || n).unwrap();
+                        let first = *seen[k % 50].get_or_insert(got);
+                        assert_eq!(got, first, "one key, one value");
                     }
+                    seen
                 })
             })
             .collect();
-        for th in threads {
-            th.join().unwrap();
-        }
+        let seen: Vec<_> = threads.into_iter().map(|th| th.join().unwrap()).collect();
         assert_eq!(t.len(), 50);
         for k in 0..50 {
-            assert!(t.get(&format!("k{k}")).is_some());
+            let interned = *t.get(&format!("k{k}")).unwrap();
+            // Every thread was handed the value that stayed.
+            for s in &seen {
+                assert_eq!(s[k], Some(interned), "k{k}");
+            }
         }
     }
 }

@@ -110,6 +110,27 @@ proptest! {
         prop_assert_eq!(decompress(&data, None, 64), Some(data.clone()));
     }
 
+    /// Real gzip of any size: the output stops at the cap, and is exactly
+    /// the data when it fits; a cut-short stream gives its decoded prefix.
+    #[test]
+    fn gzip_output_is_capped(data in prop::collection::vec(any::<u8>(), 0..400), cut in 0usize..64) {
+        use std::io::Write;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let zipped = gz.finish().unwrap();
+        let out = decompress(&zipped, Some(b"gzip"), 64).unwrap();
+        prop_assert_eq!(&out[..], &data[..data.len().min(64)]);
+        let (out, complete) = decompress_prefix(&zipped, Some(b"gzip"), 64).unwrap();
+        prop_assert_eq!(&out[..], &data[..data.len().min(64)]);
+        prop_assert_eq!(complete, data.len() <= 64);
+        let short = &zipped[..zipped.len().saturating_sub(cut + 1)];
+        if let Some((out, complete)) = decompress_prefix(short, Some(b"gzip"), 64) {
+            prop_assert!(out.len() <= 64);
+            prop_assert!(data.starts_with(&out));
+            prop_assert!(!complete || out.len() == data.len().min(64));
+        }
+    }
+
     #[test]
     fn trailer_blocks_and_timeouts_are_total(data in prop::collection::vec(any::<u8>(), 0..120)) {
         for (name, value) in trailer_lines(&data) {

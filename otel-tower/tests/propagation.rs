@@ -1624,6 +1624,9 @@ fn from_env_value_warns_once_for_unknown_names() {
     let count = |value: &str| {
         let warnings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         tracing::subscriber::with_default(WarnCounter(warnings.clone()), || {
+            // Another test's thread may have cached the warning's callsite
+            // as uninteresting while no subscriber was set.
+            tracing::callsite::rebuild_interest_cache();
             let _ = from_env_value(Some(value));
         });
         warnings.load(std::sync::atomic::Ordering::SeqCst)

@@ -448,12 +448,23 @@ async fn concurrent_calls_keep_their_parents() {
             } else {
                 "fail:5".into()
             };
-            let _ = client.say_hello(hello(&name)).await;
+            client
+                .say_hello(hello(&name))
+                .await
+                .map(|_| ())
+                .map_err(|s| s.code())
         }));
     }
+    let mut results = Vec::new();
     for task in tasks {
-        within(task).await.unwrap();
+        results.push(within(task).await.unwrap());
     }
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let not_found = results
+        .iter()
+        .filter(|r| **r == Err(tonic::Code::NotFound))
+        .count();
+    assert_eq!((ok, not_found), (10, 10), "{results:?}");
     let spans = t.wait_spans(40).await;
     let clients: Vec<_> = spans
         .iter()

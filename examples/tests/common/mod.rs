@@ -112,3 +112,88 @@ pub async fn start() -> (SocketAddr, Arc<Mutex<Received>>) {
     });
     (addr, received)
 }
+
+/// A child process that is killed when dropped, so a failed assertion does
+/// not leave an example running.
+pub struct Running(Option<std::process::Child>);
+
+impl Running {
+    /// Starts `cmd`.
+    pub fn spawn(cmd: &mut std::process::Command) -> Self {
+        Running(Some(cmd.spawn().expect("start the example")))
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// Waits (bounded) for the process to exit by itself; past `limit` it is
+    /// killed and the test fails.
+    pub fn wait_within(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let child = self.0.as_mut().expect("running");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.0 = None;
+                return status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                self.0 = None;
+                panic!("the example did not finish within {limit:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (e.g. `-INT`, `-TERM`) and waits (bounded) for the exit.
+    pub fn signal_and_wait(&mut self, signal: &str) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .arg(signal)
+            .arg(self.id().to_string())
+            .status();
+        self.wait_within(std::time::Duration::from_secs(5))
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` to completion within `limit` (killed past it), capturing
+/// stdout and stderr.
+pub fn output_within(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+) -> std::process::Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut running = Running::spawn(cmd);
+    let child = running.0.as_mut().expect("running");
+    let mut out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let stdout = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = out.read_to_end(&mut buf);
+        buf
+    });
+    let stderr = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = err.read_to_end(&mut buf);
+        buf
+    });
+    let status = running.wait_within(limit);
+    std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}

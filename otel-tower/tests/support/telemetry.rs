@@ -22,6 +22,33 @@ pub struct Telemetry {
     pub tracer_provider: SdkTracerProvider,
     pub metrics: InMemoryMetricExporter,
     pub meter_provider: SdkMeterProvider,
+    _watchdog: std::sync::Arc<Watchdog>,
+}
+
+/// How long a test may keep its `Telemetry` before it counts as hung.
+const HANG_LIMIT: Duration = Duration::from_secs(90);
+
+/// Turns a hung test into a failure: if the test's `Telemetry` (every
+/// clone) is still alive after [`HANG_LIMIT`], the test process aborts with
+/// the test's name, instead of stalling CI until its own time limit.
+struct Watchdog(#[allow(dead_code)] std::sync::mpsc::Sender<()>);
+
+impl Watchdog {
+    fn start() -> Self {
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("<unnamed>")
+            .to_string();
+        std::thread::spawn(move || {
+            // Dropping the sender (the test ended) disconnects the channel.
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(HANG_LIMIT) {
+                eprintln!("test {test} still running after {HANG_LIMIT:?}: aborting");
+                std::process::abort();
+            }
+        });
+        Watchdog(done)
+    }
 }
 
 impl Default for Telemetry {
@@ -46,6 +73,7 @@ impl Telemetry {
             tracer_provider,
             metrics,
             meter_provider,
+            _watchdog: std::sync::Arc::new(Watchdog::start()),
         }
     }
 
