@@ -587,6 +587,13 @@ impl Call {
             }
         }
         self.reader = reader;
+        // The terminal envelope told the outcome, and nothing after it is
+        // read: the call is over. Peers need not poll further (connectrpc's
+        // streaming clients stop reading there and keep the body until the
+        // stream is dropped).
+        if self.end_stream_seen {
+            self.on_end();
+        }
     }
 
     fn on_envelope(&mut self, event: EnvelopeEvent<'_>) {

@@ -954,3 +954,51 @@ async fn serve_empty(otel: &Instrumentation) -> std::net::SocketAddr {
     });
     addr
 }
+
+/// Reads a three-message CountUp to its end and, with the stream (and so
+/// the response body) still held, expects the client span to have ended.
+async fn count_up_ends_while_held<T>(t: &Telemetry, client: &PingServiceClient<T>, at: &str)
+where
+    T: ClientTransport,
+    T::ResponseBody: Unpin + Send,
+    <T::ResponseBody as http_body::Body>::Error: std::fmt::Display,
+{
+    let mut stream = bounded(client.count_up(CountUpRequest {
+        number: 3,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    let mut n = 0;
+    while bounded(stream.message()).await.unwrap().is_some() {
+        n += 1;
+    }
+    assert_eq!(n, 3, "{at}");
+    let spans = t.wait_spans(2).await;
+    let client_span = find(&spans, SpanKind::Client, COUNT_UP);
+    assert!(!is_error(client_span), "{at}");
+    drop(stream);
+}
+
+/// connectrpc's streaming clients stop reading at the end-of-stream message
+/// (Connect) or the trailer frame (gRPC-Web) and keep the body until the
+/// stream is dropped: the client span ends at that message, not at the drop.
+#[tokio::test]
+async fn a_stream_read_to_its_end_ends_its_client_span_while_still_held() {
+    for (protocol, h2) in [
+        (Protocol::Connect, true),
+        (Protocol::Connect, false),
+        (Protocol::GrpcWeb, false),
+    ] {
+        let t = Telemetry::new();
+        let otel = instrumentation(&t);
+        let server = serve_axum(&otel, ServerOptions::default()).await;
+        let cfg = config(&server, protocol);
+        let at = format!("{protocol:?} h2={h2}");
+        if h2 {
+            count_up_ends_while_held(&t, &h2_client(&otel, cfg).await, &at).await;
+        } else {
+            count_up_ends_while_held(&t, &http_client(&otel, cfg), &at).await;
+        }
+    }
+}
