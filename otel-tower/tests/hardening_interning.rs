@@ -3,10 +3,8 @@
 //! names take only names of a size real hosts and methods have. In its own
 //! test binary: it counts the live bytes of the whole process.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -15,32 +13,9 @@ use otel_tower::Instrumentation;
 use otel_tower::propagation::TraceContext;
 use tower::{Layer, Service};
 
-/// Bytes allocated and not yet freed.
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-struct LiveBytes;
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for LiveBytes {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: LiveBytes = LiveBytes;
+#[path = "support/live_bytes.rs"]
+mod live_bytes;
+use live_bytes::live;
 
 /// One Connect unary call through `svc` (which answers 200 at once), with
 /// this path and `Host`.
@@ -83,7 +58,7 @@ fn long_hosts_and_paths_are_not_kept() {
     let filler = "a".repeat(LONG);
     call(&mut svc, "/pkg.Svc/Warm", "warm.example");
     spans.reset();
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     for i in 0..CALLS {
         call(
             &mut svc,
@@ -92,7 +67,7 @@ fn long_hosts_and_paths_are_not_kept() {
         );
         spans.reset();
     }
-    let grown = LIVE.load(Ordering::Relaxed) - before;
+    let grown = live() - before;
     // Interned, each call would keep its host twice and its path four
     // times: about 30 MB here.
     assert!(

@@ -3,10 +3,8 @@
 //! process, not once per configuration. In its own test binary: it counts
 //! the live bytes of the whole process.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 use bytes::Bytes;
 use http_body_util::Empty;
@@ -15,32 +13,9 @@ use otel_tower::Instrumentation;
 use otel_tower::propagation::TraceContext;
 use tower::{Layer, Service};
 
-/// Bytes allocated and not yet freed.
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-struct LiveBytes;
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for LiveBytes {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: LiveBytes = LiveBytes;
+#[path = "support/live_bytes.rs"]
+mod live_bytes;
+use live_bytes::live;
 
 fn grpc_ok() -> http::Response<Empty<Bytes>> {
     http::Response::builder()
@@ -85,12 +60,12 @@ fn configurations_built_per_request_leave_nothing_behind() {
     for _ in 0..200 {
         round(&provider);
     }
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = live();
     const ROUNDS: isize = 3000;
     for _ in 0..ROUNDS {
         round(&provider);
     }
-    let grown = LIVE.load(Ordering::Relaxed) - before;
+    let grown = live() - before;
     // Leaking the interned names per configuration kept about a kilobyte
     // per round here; what is left must not depend on the number of rounds.
     assert!(

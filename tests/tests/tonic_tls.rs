@@ -16,6 +16,23 @@ const CA: &str = include_str!("tls/ca.pem");
 const CERT: &str = include_str!("tls/server.pem");
 const KEY: &str = include_str!("tls/server.key");
 
+/// A channel to `addr` over TLS, trusting the test CA.
+async fn tls_channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
+    within(
+        Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(CA))
+                    .domain_name("127.0.0.1"),
+            )
+            .expect("client TLS")
+            .connect(),
+    )
+    .await
+    .expect("connect over TLS")
+}
+
 #[tokio::test]
 async fn peer_address_comes_from_tls_connect_info() {
     let t = Telemetry::new();
@@ -28,19 +45,7 @@ async fn peer_address_comes_from_tls_connect_info() {
         .add_service(GreeterServer::new(TestGreeter { backend: None }));
     let _server = spawn_server(addr, router.serve_with_incoming(incoming));
 
-    let channel = within(
-        Endpoint::from_shared(format!("https://{addr}"))
-            .unwrap()
-            .tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(CA))
-                    .domain_name("127.0.0.1"),
-            )
-            .expect("client TLS")
-            .connect(),
-    )
-    .await
-    .expect("connect over TLS");
+    let channel = tls_channel(addr).await;
     let channel = tower::ServiceBuilder::new()
         .layer(otel.client_layer())
         .service(channel);
@@ -98,19 +103,7 @@ async fn peer_address_of_tls_streams_served_with_incoming() {
         .add_service(GreeterServer::new(TestGreeter { backend: None }));
     let _server = spawn_server(addr, router.serve_with_incoming(Box::pin(streams)));
 
-    let channel = within(
-        Endpoint::from_shared(format!("https://{addr}"))
-            .unwrap()
-            .tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(CA))
-                    .domain_name("127.0.0.1"),
-            )
-            .expect("client TLS")
-            .connect(),
-    )
-    .await
-    .expect("connect over TLS");
+    let channel = tls_channel(addr).await;
     let mut client = GreeterClient::new(channel);
     let reply = within(client.say_hello(hello("own tls"))).await.unwrap();
     assert_eq!(reply.into_inner().message, "Hello own tls");
