@@ -397,8 +397,6 @@ where
         .collect()
 }
 
-/// Adds the names not in `list` yet: a header listed twice (in any case)
-/// is still one attribute.
 /// A `with_known_methods` name as calls report it: `service/method`.
 fn known_method(name: impl Into<String>) -> String {
     let name = name.into();
@@ -416,6 +414,8 @@ fn known_method(name: impl Into<String>) -> String {
     }
 }
 
+/// Adds the names not in `list` yet: a header listed twice (in any case)
+/// is still one attribute.
 fn add_unique(list: &mut Vec<HeaderName>, names: Vec<HeaderName>) {
     for name in names {
         if !list.contains(&name) {

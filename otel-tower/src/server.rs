@@ -62,7 +62,6 @@ impl<S> std::fmt::Debug for ServerService<S> {
     }
 }
 
-/// The `content-length` of a request, when it has a valid one.
 /// The declared body size, when it is a size a message can have: a peer's
 /// claim of more than 4 GiB is ignored rather than recorded (it would
 /// overflow a histogram's sum in a few calls).
