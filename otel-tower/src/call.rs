@@ -855,19 +855,20 @@ impl Call {
     /// The response future or body was dropped before the body ended.
     ///
     /// A call whose outcome is already known ends with it: after its
-    /// terminal message, or after the head of a successful Connect unary
-    /// response, whose status line is its outcome (the rest of the body is
-    /// the message). Otherwise the call was cancelled: CANCELLED, or
-    /// DEADLINE_EXCEEDED once the request's deadline has passed. (A Connect
-    /// error whose body was not read is cancelled too: the HTTP status alone
-    /// is a lossy guess at its code.)
+    /// terminal message, or after a non-200 head answering gRPC, gRPC-Web or
+    /// Connect streaming (a router's or proxy's answer, classified by its
+    /// status; clients drop such a body unread). Otherwise the call was
+    /// cancelled: CANCELLED, or DEADLINE_EXCEEDED once the request's
+    /// deadline has passed. That includes a Connect unary response whose
+    /// body did not all arrive: its one message is the body (and an error's
+    /// code is in the body; the HTTP status alone is a lossy guess at it).
     pub fn on_abandoned(&mut self) {
         if self.done {
             return;
         }
-        let unary_success = matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet)
-            && matches!(self.http_status, 200 | 304);
-        if self.terminal_seen() || unary_success {
+        let not_an_rpc_answer =
+            self.protocol.is_enveloped() && !matches!(self.http_status, 0 | 200);
+        if self.terminal_seen() || not_an_rpc_answer {
             self.on_end();
             return;
         }

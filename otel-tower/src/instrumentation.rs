@@ -459,38 +459,46 @@ const HOST_CACHE_CAP: usize = 1024;
 static HOSTS: std::sync::LazyLock<InternTable<(&'static str, Option<u16>)>> =
     std::sync::LazyLock::new(|| InternTable::new(HOST_CACHE_CAP));
 
-/// Longest authority reported: a DNS name has at most 253 bytes, plus
-/// brackets, a colon and a port. Anything longer is no host a client could
-/// have addressed, and is not worth a place in the process-wide table
-/// (`Host` has no length limit of its own).
-const MAX_AUTHORITY_LEN: usize = 253 + 8;
+/// Longest host reported: a DNS name has at most 253 bytes (an IPv6
+/// literal with its brackets is shorter). A longer one is no host a client
+/// could have addressed (`Host` has no length limit of its own).
+const MAX_HOST_LEN: usize = 253;
+
+/// Longest authority interned: such a host, a colon and a port.
+const MAX_INTERNED_AUTHORITY_LEN: usize = MAX_HOST_LEN + 6;
 
 /// `server.address` (brackets of an IPv6 literal removed) and `server.port`
-/// of an authority; `None` for one longer than any real host's. Interned
+/// of an authority; `None` for a host longer than any real one. Interned
 /// hosts are leaked on purpose, at most `HOST_CACHE_CAP` of them per
 /// process, so cloning the value per call never touches a shared reference
-/// count.
+/// count. An authority carrying user information (`user:secret@host`) is
+/// never interned: credentials are not kept for the life of the process.
 pub(crate) fn host_port(authority: &http::uri::Authority) -> Option<(StringValue, Option<u16>)> {
-    if authority.as_str().len() > MAX_AUTHORITY_LEN {
+    let key = authority.as_str();
+    let host = authority.host();
+    if host.len() > MAX_HOST_LEN {
         return None;
     }
-    if let Some((host, port)) = HOSTS.get(authority.as_str()) {
+    let internable = key.len() <= MAX_INTERNED_AUTHORITY_LEN && !key.contains('@');
+    if internable && let Some((host, port)) = HOSTS.get(key) {
         return Some((StringValue::from(*host), *port));
     }
-    let host = authority.host();
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
         .unwrap_or(host);
     let port = authority.port_u16();
-    Some(
-        match HOSTS.insert(authority.as_str(), || {
-            (&*Box::leak(host.to_owned().into_boxed_str()), port)
-        }) {
-            Some((host, port)) => (StringValue::from(*host), *port),
-            None => (StringValue::from(Arc::<str>::from(host)), port),
-        },
-    )
+    let interned = internable
+        .then(|| {
+            HOSTS.insert(key, || {
+                (&*Box::leak(host.to_owned().into_boxed_str()), port)
+            })
+        })
+        .flatten();
+    Some(match interned {
+        Some((host, port)) => (StringValue::from(*host), *port),
+        None => (StringValue::from(Arc::<str>::from(host)), port),
+    })
 }
 
 /// Interned method names: parsed once per distinct path.

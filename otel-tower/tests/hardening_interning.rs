@@ -75,9 +75,29 @@ fn long_hosts_and_paths_are_not_kept() {
         "{grown} bytes still live after {CALLS} calls with {LONG}-byte names"
     );
 
-    // Such a host is no `server.address`; a real one is.
+    // Credentials in an authority are never kept: a thousand distinct
+    // `user:secret@host` authorities leave nothing behind.
+    let secret = "s".repeat(200);
+    let before = live();
+    for i in 0..1000 {
+        call(
+            &mut svc,
+            "/pkg.Svc/Warm",
+            &format!("user{i}:{secret}@h.example"),
+        );
+        spans.reset();
+    }
+    let grown = live() - before;
+    assert!(
+        grown < 64 * 1024,
+        "{grown} bytes still live after 1000 authorities with credentials"
+    );
+
+    // Such a host is no `server.address`; a real one is, with or without
+    // user information.
     call(&mut svc, "/pkg.Svc/M", &format!("{filler}.example"));
     call(&mut svc, "/pkg.Svc/M", "api.example:8443");
+    call(&mut svc, "/pkg.Svc/M", "user:pw@creds.example:8443");
     let finished = spans.get_finished_spans().unwrap();
     let address = |i: usize| {
         finished[i]
@@ -88,4 +108,5 @@ fn long_hosts_and_paths_are_not_kept() {
     };
     assert_eq!(address(0), None);
     assert_eq!(address(1).as_deref(), Some("api.example"));
+    assert_eq!(address(2).as_deref(), Some("creds.example"));
 }

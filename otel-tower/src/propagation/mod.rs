@@ -139,6 +139,10 @@ pub struct DefaultPropagator {
     /// The installed global's fields, copied the first time they are asked
     /// for (they cannot be borrowed past the global's lock).
     global_fields: std::sync::OnceLock<Vec<String>>,
+    /// Whether this very value was found installed as the global: from then
+    /// on it acts as its fallback without looking at the global (a global
+    /// stays installed until it is replaced and dropped).
+    is_global: std::sync::atomic::AtomicBool,
 }
 
 impl Default for DefaultPropagator {
@@ -146,6 +150,7 @@ impl Default for DefaultPropagator {
         DefaultPropagator {
             fallback: CompositePropagator::w3c(),
             global_fields: std::sync::OnceLock::new(),
+            is_global: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -157,8 +162,13 @@ impl DefaultPropagator {
     }
 
     fn with<T>(&self, f: impl Fn(&dyn TextMapPropagator) -> T) -> T {
+        if self.is_global.load(std::sync::atomic::Ordering::Relaxed) {
+            return f(&self.fallback);
+        }
         with_global(|global| {
-            if global.fields().next().is_some() {
+            if self.is(global) {
+                f(&self.fallback)
+            } else if global.fields().next().is_some() {
                 f(global)
             } else {
                 f(&self.fallback)
@@ -166,6 +176,16 @@ impl DefaultPropagator {
         })
         // A default installed as the global, called by one of ours.
         .unwrap_or_else(|| f(&self.fallback))
+    }
+
+    /// Whether `global` is this very value (and remembers it if so).
+    fn is(&self, global: &dyn TextMapPropagator) -> bool {
+        let same = std::ptr::addr_eq(global as *const dyn TextMapPropagator, self as *const Self);
+        if same {
+            self.is_global
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        same
     }
 }
 
@@ -177,7 +197,9 @@ thread_local! {
 /// Runs `f` with the global propagator; `None` when this thread is already
 /// inside it for us. A [`DefaultPropagator`] installed as the global would
 /// otherwise consult itself without end (and take the global's lock again
-/// while holding it); inside, it acts as its fallback.
+/// while holding it); inside, it acts as its fallback. Called through the
+/// global by other code, it finds itself there once (taking the lock a
+/// second time, that once) and then stops looking.
 fn with_global<T>(mut f: impl FnMut(&dyn TextMapPropagator) -> T) -> Option<T> {
     struct Leave;
     impl Drop for Leave {
@@ -205,8 +227,17 @@ impl TextMapPropagator for DefaultPropagator {
     }
 
     fn fields(&self) -> FieldIter<'_> {
-        let global: Vec<String> =
-            with_global(|g| g.fields().map(str::to_owned).collect()).unwrap_or_default();
+        if self.is_global.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.fallback.fields();
+        }
+        let global: Vec<String> = with_global(|g| {
+            if self.is(g) {
+                Vec::new()
+            } else {
+                g.fields().map(str::to_owned).collect()
+            }
+        })
+        .unwrap_or_default();
         if global.is_empty() {
             return self.fallback.fields();
         }
