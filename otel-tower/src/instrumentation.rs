@@ -479,10 +479,12 @@ pub(crate) fn host_port(authority: &http::uri::Authority) -> Option<(StringValue
     if host.len() > MAX_HOST_LEN {
         return None;
     }
-    let internable = key.len() <= MAX_INTERNED_AUTHORITY_LEN && !key.contains('@');
-    if internable && let Some((host, port)) = HOSTS.get(key) {
+    // Nothing with user information is ever inserted, so a hit needs no
+    // check for it.
+    if let Some((host, port)) = HOSTS.get(key) {
         return Some((StringValue::from(*host), *port));
     }
+    let internable = key.len() <= MAX_INTERNED_AUTHORITY_LEN && !key.contains('@');
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
