@@ -480,11 +480,12 @@ pub(crate) fn host_port(authority: &http::uri::Authority) -> Option<(StringValue
         return None;
     }
     // Nothing with user information is ever inserted, so a hit needs no
-    // check for it.
-    if let Some((host, port)) = HOSTS.get(key) {
+    // check for it (and a key too long to be there is not even hashed).
+    let short = key.len() <= MAX_INTERNED_AUTHORITY_LEN;
+    if short && let Some((host, port)) = HOSTS.get(key) {
         return Some((StringValue::from(*host), *port));
     }
-    let internable = key.len() <= MAX_INTERNED_AUTHORITY_LEN && !key.contains('@');
+    let internable = short && !key.contains('@');
     let host = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
