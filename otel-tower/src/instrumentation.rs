@@ -549,11 +549,15 @@ impl MethodCache {
     /// The names for a request path, and where the method is in the table
     /// of methods known to exist, if it is there (its names are then final).
     pub fn lookup(&self, path: &str) -> (MethodRef, Option<usize>) {
-        if let Some((slot, known)) = self.table.get_with_slot(path) {
+        // A path longer than any admitted is not hashed (it can be 64 KiB);
+        // a known method that long is still recognised by the parse below.
+        let short = path.len() <= MAX_ADMITTED_PATH;
+        if short && let Some((slot, known)) = self.table.get_with_slot(path) {
             return (MethodRef::Interned(known.names), Some(slot));
         }
         // Names another configuration interned: shared, not yet final here.
-        if self.known.is_none()
+        if short
+            && self.known.is_none()
             && let Some(names) = METHOD_NAMES.get(path)
         {
             return (MethodRef::Interned(names), None);
