@@ -540,14 +540,8 @@ impl Call {
                 Reader::Envelopes(EnvelopeParser::new(envelope::FLAG_END_STREAM), None)
             }
         };
-        self.capture_response(&head.headers);
-        if matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet) {
-            self.capture_trailer_pairs(head.headers.iter().filter_map(|(name, value)| {
-                let name = name
-                    .as_str()
-                    .strip_prefix(crate::wire::names::CONNECT_UNARY_TRAILER_PREFIX)?;
-                Some((name, value))
-            }));
+        if self.captures_response() {
+            self.capture_response_head(&head.headers);
         }
         if self.side == Side::Server && self.traced() && self.config.propagate_response_header {
             self.inject(&mut head.headers);
@@ -631,6 +625,22 @@ impl Call {
                     self.connect_end_stream(flags, payload, truncated)
                 });
             }
+        }
+    }
+
+    /// Captures the response headers, and Connect unary's trailers, which
+    /// travel among them as `trailer-<name>`. Out of line: most
+    /// configurations capture nothing.
+    #[inline(never)]
+    fn capture_response_head(&mut self, headers: &HeaderMap) {
+        self.capture_response(headers);
+        if matches!(self.protocol, Protocol::ConnectUnary | Protocol::ConnectGet) {
+            self.capture_trailer_pairs(headers.iter().filter_map(|(name, value)| {
+                let name = name
+                    .as_str()
+                    .strip_prefix(crate::wire::names::CONNECT_UNARY_TRAILER_PREFIX)?;
+                Some((name, value))
+            }));
         }
     }
 

@@ -475,15 +475,15 @@ const MAX_INTERNED_AUTHORITY_LEN: usize = MAX_HOST_LEN + 6;
 /// never interned: credentials are not kept for the life of the process.
 pub(crate) fn host_port(authority: &http::uri::Authority) -> Option<(StringValue, Option<u16>)> {
     let key = authority.as_str();
-    let host = authority.host();
-    if host.len() > MAX_HOST_LEN {
-        return None;
-    }
-    // Nothing with user information is ever inserted, so a hit needs no
-    // check for it (and a key too long to be there is not even hashed).
+    // Only what passed the checks below is ever inserted, so a hit needs
+    // none of them (and a key too long to be there is not even hashed).
     let short = key.len() <= MAX_INTERNED_AUTHORITY_LEN;
     if short && let Some((host, port)) = HOSTS.get(key) {
         return Some((StringValue::from(*host), *port));
+    }
+    let host = authority.host();
+    if host.len() > MAX_HOST_LEN {
+        return None;
     }
     let internable = short && !key.contains('@');
     let host = host
