@@ -18,8 +18,8 @@ use tower::{ServiceBuilder, ServiceExt};
 async fn body_error_mid_stream_fails_the_server_and_cancels_the_client() {
     let t = Telemetry::new();
     let otel = t.instrumentation();
-    let addr = serve(
-        otel.server_layer(),
+    let response = call_through_both(
+        &otel,
         Arc::new(|_| {
             let (tx, body) = Scripted::channel();
             tokio::spawn(async move {
@@ -34,15 +34,10 @@ async fn body_error_mid_stream_fails_the_server_and_cancels_the_client() {
                 .body(body)
                 .unwrap()
         }),
+        "/pkg.Svc/Stream",
+        "application/grpc",
     )
     .await;
-    let client = ServiceBuilder::new()
-        .layer(otel.client_layer())
-        .service(h2_client());
-    let response = client
-        .oneshot(grpc_request(addr, "/pkg.Svc/Stream", "application/grpc"))
-        .await
-        .unwrap();
     let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
         .await
         .unwrap();
@@ -72,31 +67,21 @@ async fn body_error_mid_stream_fails_the_server_and_cancels_the_client() {
 async fn connect_unary_success_dropped_before_its_end_is_cancelled() {
     let t = Telemetry::new();
     let otel = t.instrumentation();
-    let addr = serve(
-        otel.server_layer(),
+    let response = call_through_both(
+        &otel,
         Arc::new(|_| {
             Response::builder()
                 .header("content-type", "application/proto")
                 .body(Scripted::data_then_hang(&[b"first half"]))
                 .unwrap()
         }),
+        "/pkg.Svc/Unary",
+        "application/proto",
     )
     .await;
-    let client = ServiceBuilder::new()
-        .layer(otel.client_layer())
-        .service(h2_client());
-    let response = client
-        .oneshot(grpc_request(addr, "/pkg.Svc/Unary", "application/proto"))
-        .await
-        .unwrap();
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), &b"first half"[..]);
+    assert_eq!(first_data(&mut body).await, &b"first half"[..]);
     drop(body);
     t.wait_spans(2).await;
     for kind in [SpanKind::Server, SpanKind::Client] {
@@ -113,8 +98,8 @@ async fn connect_unary_success_dropped_before_its_end_is_cancelled() {
 async fn a_proxy_answer_dropped_unread_is_classified_by_its_status() {
     let t = Telemetry::new();
     let otel = t.instrumentation();
-    let addr = serve(
-        otel.server_layer(),
+    let response = call_through_both(
+        &otel,
         Arc::new(|_| {
             Response::builder()
                 .status(502)
@@ -122,15 +107,10 @@ async fn a_proxy_answer_dropped_unread_is_classified_by_its_status() {
                 .body(Scripted::data_then_hang(&[b"<html>bad gateway"]))
                 .unwrap()
         }),
+        "/pkg.Svc/M",
+        "application/grpc",
     )
     .await;
-    let client = ServiceBuilder::new()
-        .layer(otel.client_layer())
-        .service(h2_client());
-    let response = client
-        .oneshot(grpc_request(addr, "/pkg.Svc/M", "application/grpc"))
-        .await
-        .unwrap();
     assert_eq!(response.status(), 502);
     drop(response);
     t.wait_spans(2).await;
@@ -145,30 +125,20 @@ async fn a_proxy_answer_dropped_unread_is_classified_by_its_status() {
 async fn client_drops_stream_midway_both_spans_end_once() {
     let t = Telemetry::new();
     let otel = t.instrumentation();
-    let addr = serve(
-        otel.server_layer(),
+    let response = call_through_both(
+        &otel,
         Arc::new(|_| {
             Response::builder()
                 .header("content-type", "application/grpc")
                 .body(Scripted::data_then_hang(&[&envelope(0, b"first")]))
                 .unwrap()
         }),
+        "/pkg.Svc/Stream",
+        "application/grpc",
     )
     .await;
-    let client = ServiceBuilder::new()
-        .layer(otel.client_layer())
-        .service(h2_client());
-    let response = client
-        .oneshot(grpc_request(addr, "/pkg.Svc/Stream", "application/grpc"))
-        .await
-        .unwrap();
     let mut body = response.into_body();
-    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(first.into_data().unwrap(), envelope(0, b"first"));
+    assert_eq!(first_data(&mut body).await, envelope(0, b"first"));
     drop(body);
     let spans = t.wait_spans(2).await;
     assert_eq!(spans.len(), 2);
@@ -448,4 +418,39 @@ fn panics_request() -> http::Request<http_body_util::Full<Bytes>> {
         .header("content-type", "application/grpc")
         .body(http_body_util::Full::new(Bytes::new()))
         .unwrap()
+}
+
+/// Serves `handler` behind `otel`'s server layer and calls it once through
+/// `otel`'s client layer over HTTP/2: the response as the client got it.
+async fn call_through_both(
+    otel: &otel_tower::Instrumentation,
+    handler: Handler,
+    path: &str,
+    content_type: &str,
+) -> Response<otel_tower::ResponseBody<hyper::body::Incoming>> {
+    let addr = serve(otel.server_layer(), handler).await;
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client());
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.oneshot(grpc_request(addr, path, content_type)),
+    )
+    .await
+    .expect("an answer")
+    .unwrap()
+}
+
+/// The data of the next frame of `body` (within 5 s).
+async fn first_data<B>(body: &mut B) -> Bytes
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    frame.into_data().unwrap()
 }
