@@ -33,6 +33,14 @@ async fn tls_channel(addr: std::net::SocketAddr) -> tonic::transport::Channel {
     .expect("connect over TLS")
 }
 
+/// The server span's peer is the client's socket on 127.0.0.1.
+fn assert_peer_is_the_client(t: &Telemetry, server_addr: std::net::SocketAddr) {
+    let server = attrs(&t.span(SpanKind::Server));
+    assert_eq!(server["network.peer.address"], "127.0.0.1", "{server:?}");
+    let peer_port: u16 = server["network.peer.port"].parse().unwrap();
+    assert_ne!(peer_port, server_addr.port(), "the client's port, not ours");
+}
+
 #[tokio::test]
 async fn peer_address_comes_from_tls_connect_info() {
     let t = Telemetry::new();
@@ -55,10 +63,7 @@ async fn peer_address_comes_from_tls_connect_info() {
     assert_eq!(reply.into_inner().message, "Hello tls");
     settled(&t, 2).await;
 
-    let server = attrs(&t.span(SpanKind::Server));
-    assert_eq!(server["network.peer.address"], "127.0.0.1", "{server:?}");
-    let peer_port: u16 = server["network.peer.port"].parse().unwrap();
-    assert_ne!(peer_port, addr.port(), "the client's port, not ours");
+    assert_peer_is_the_client(&t, addr);
     let client = attrs(&t.span(SpanKind::Client));
     assert_eq!(client["server.address"], "127.0.0.1");
     assert_eq!(client["server.port"], addr.port().to_string());
@@ -109,8 +114,5 @@ async fn peer_address_of_tls_streams_served_with_incoming() {
     assert_eq!(reply.into_inner().message, "Hello own tls");
     settled(&t, 1).await;
 
-    let server = attrs(&t.span(SpanKind::Server));
-    assert_eq!(server["network.peer.address"], "127.0.0.1", "{server:?}");
-    let peer_port: u16 = server["network.peer.port"].parse().unwrap();
-    assert_ne!(peer_port, addr.port(), "the client's port, not ours");
+    assert_peer_is_the_client(&t, addr);
 }
