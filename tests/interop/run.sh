@@ -19,6 +19,7 @@ SUITES=(
   grpcio
   connect_node
   connect_python
+  h2load
 )
 
 VENV=target/interop-venv
@@ -54,6 +55,26 @@ suite_connect_node() {
 suite_connect_python() {
   cargo build --quiet -p otel-integration-tests --bin connect-interop || return
   timeout "$LIMIT" "$PY" tests/interop/connect_python.py "$TARGET_DIR/debug/connect-interop"
+}
+
+# otel_connect's server under load from h2load (nghttp2's HTTP/2 load
+# generator): every call answered, and exactly one span and one metric count
+# per call. h2load comes from Debian's nghttp2-client, installed when missing.
+suite_h2load() {
+  if ! command -v h2load >/dev/null; then
+    install_debian_packages nghttp2-client || return
+  fi
+  cargo build --quiet -p otel-integration-tests --bin connect-interop || return
+  timeout "$LIMIT" "$PY" tests/interop/h2load.py "$TARGET_DIR/debug/connect-interop"
+}
+
+install_debian_packages() {
+  local sudo=()
+  [[ $(id -u) -eq 0 ]] || sudo=(sudo)
+  echo "== installing Debian packages: $*"
+  # Without a fresh package index first; refresh it only if that fails.
+  "${sudo[@]}" apt-get install -y -qq "$@" >/dev/null \
+    || { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq "$@" >/dev/null; }
 }
 
 setup_venv() {

@@ -13,6 +13,11 @@
 //!   `REQUEST {json}` line per HTTP request (method, path, traceparent,
 //!   content-type and encodings) and a `SPAN {json}` line per ended span,
 //!   until stdin closes.
+//! - `connect-interop load-server`: the same Ping service and layer (no
+//!   message events), for a load generator (`tests/interop/h2load.py`). Prints
+//!   `LISTEN http://127.0.0.1:PORT`; then, for each `summary` line on stdin,
+//!   one `SUMMARY {json}` line of what was recorded since the previous one
+//!   (see `load_summary`); stops when stdin closes.
 //! - `connect-interop client URL`: calls a Ping server at URL with our
 //!   instrumented connectrpc client over Connect, gRPC and gRPC-Web (HTTP/2),
 //!   prints `CALL {json}` per call (protocol, method, the code our client got)
@@ -26,7 +31,10 @@
 #[path = "../../tests/connect_support/mod.rs"]
 mod connect_support;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use connect_support::*;
@@ -34,6 +42,11 @@ use connectrpc::client::{ClientConfig, Http2Connection};
 use connectrpc::{ConnectError, Protocol};
 use opentelemetry::Value;
 use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_sdk::metrics::{
+    InMemoryMetricExporter, InMemoryMetricExporterBuilder, PeriodicReader, SdkMeterProvider,
+    Temporality,
+};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use otel_connect::OtelTransport;
 use serde_json::{Value as Json, json};
@@ -180,6 +193,143 @@ async fn server() {
     server.abort();
 }
 
+/// The HTTP requests, spans and metric points recorded since the previous
+/// summary, grouped so that a run of thousands of calls prints a few lines:
+/// `{"requests": N, "distinct_span_ids": N, "spans": [{"kind", "name",
+/// "status", "code", "error_type", "trace_id", "parent_span_id", "count"}],
+/// "metrics": [{"name", "attributes": {..}, "count"}]}`. Waits (at most 5 s)
+/// for as many server spans as requests, or until no span has ended for
+/// half a second (unsampled calls have none).
+async fn load_summary(
+    requests: &AtomicU64,
+    spans: &InMemorySpanExporter,
+    meters: &SdkMeterProvider,
+    metrics: &InMemoryMetricExporter,
+) -> Json {
+    let n = requests.swap(0, Ordering::SeqCst);
+    let mut finished = Vec::new();
+    let mut unchanged = 0;
+    for _ in 0..500 {
+        let before = finished.len();
+        finished = spans.get_finished_spans().unwrap_or_default();
+        unchanged = if finished.len() == before {
+            unchanged + 1
+        } else {
+            0
+        };
+        if finished.len() as u64 >= n || unchanged >= 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    spans.reset();
+    let attr = |s: &SpanData, key: &str| {
+        s.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    };
+    let mut groups: BTreeMap<String, (Json, u64)> = BTreeMap::new();
+    let mut ids = std::collections::HashSet::new();
+    for s in &finished {
+        ids.insert(s.span_context.span_id());
+        let mut group = span_json(s);
+        let group = json!({
+            "kind": group["kind"].take(),
+            "name": group["name"].take(),
+            "status": group["status"].take(),
+            "code": attr(s, "rpc.status_code"),
+            "error_type": attr(s, "error.type"),
+            "trace_id": group["trace_id"].take(),
+            "parent_span_id": group["parent_span_id"].take(),
+        });
+        groups.entry(group.to_string()).or_insert((group, 0)).1 += 1;
+    }
+    // Delta temporality: each flush exports what was recorded since the last.
+    let _ = meters.force_flush();
+    let mut points = Vec::new();
+    for batch in metrics.get_finished_metrics().unwrap_or_default() {
+        for scope in batch.scope_metrics() {
+            for metric in scope.metrics() {
+                if let AggregatedMetrics::F64(MetricData::Histogram(h)) = metric.data() {
+                    for p in h.data_points() {
+                        points.push(json!({
+                            "name": metric.name(),
+                            "attributes": p.attributes()
+                                .map(|kv| (kv.key.to_string(), value_json(&kv.value)))
+                                .collect::<serde_json::Map<_, _>>(),
+                            "count": p.count(),
+                        }));
+                    }
+                }
+            }
+        }
+    }
+    metrics.reset();
+    json!({
+        "requests": n,
+        "distinct_span_ids": ids.len(),
+        "spans": groups.into_values().map(|(mut g, count)| {
+            g["count"] = json!(count);
+            g
+        }).collect::<Vec<_>>(),
+        "metrics": points,
+    })
+}
+
+async fn load_server() {
+    let (spans, tracer_provider) = providers();
+    let metrics = InMemoryMetricExporterBuilder::new()
+        .with_temporality(Temporality::Delta)
+        .build();
+    let meters = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(metrics.clone()).build())
+        .build();
+    let otel = otel_connect::new_interceptor()
+        .with_tracer_provider(tracer_provider)
+        .with_meter_provider(meters.clone())
+        .with_propagator(otel_tower::propagation::CompositePropagator::w3c())
+        .with_semconv(otel_tower::Semconv::Stable);
+    let requests = Arc::new(AtomicU64::new(0));
+    let counted = requests.clone();
+    let app = axum::Router::new()
+        .fallback_service(connect_service(&Seen::default(), ServerOptions::default()))
+        .layer(otel.server_layer())
+        .layer(tower::util::MapRequestLayer::new(
+            move |req: http::Request<axum::body::Body>| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                req
+            },
+        ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    print_line(format!("LISTEN http://{addr}"));
+    let (tx, mut commands) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(command) = commands.recv().await {
+        if command.trim() == "summary" {
+            let summary = load_summary(&requests, &spans, &meters, &metrics).await;
+            print_line(format!("SUMMARY {summary}"));
+        }
+    }
+    server.abort();
+}
+
 fn protocol_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Connect => "connect",
@@ -257,9 +407,10 @@ async fn main() {
             std::fs::write(path, DESCRIPTOR).expect("write descriptor");
         }
         Some("server") => server().await,
+        Some("load-server") => load_server().await,
         Some("client") => client(args.get(2).expect("client URL")).await,
         _ => {
-            eprintln!("usage: connect-interop descriptor PATH | server | client URL");
+            eprintln!("usage: connect-interop descriptor PATH | server | load-server | client URL");
             std::process::exit(2);
         }
     }
