@@ -3,7 +3,7 @@
 generator, an independent HTTP/2 client).
 
 h2load sends thousands of concurrent calls over several HTTP/2 connections,
-many streams in flight on each, to the `connect-interop load-server` (the
+many streams in flight on each (and over HTTP/1.1 keep-alive connections), to the `connect-interop load-server` (the
 Ping service behind axum with the otel_connect layer). The request bodies are
 written here, byte by byte: Connect unary JSON, Connect streaming (enveloped
 JSON), gRPC and gRPC-Web (enveloped protobuf). For each case the load
@@ -97,10 +97,13 @@ class Server:
         self.proc.wait(timeout=10)
 
 
-def h2load(url: str, body: str, headers: list[str], n: int) -> dict:
-    """Runs h2load (4 connections, 16 streams in flight on each) and returns
-    its request counters and status code classes."""
-    args = ["h2load", "-n", str(n), "-c", "4", "-m", "16", "-t", "1", "-d", body]
+def h2load(url: str, body: str, headers: list[str], n: int, h1: bool) -> dict:
+    """Runs h2load (4 connections; over HTTP/2 16 streams in flight on each,
+    over HTTP/1.1 one request at a time on each) and returns its request
+    counters and status code classes."""
+    args = ["h2load", "-n", str(n), "-c", "4", "-m", "1" if h1 else "16", "-t", "1", "-d", body]
+    if h1:
+        args.append("--h1")
     for h in headers:
         args += ["-H", h]
     out = subprocess.run(args + [url], capture_output=True, text=True, timeout=120).stdout
@@ -132,8 +135,14 @@ def main() -> int:
     # PingRequest{id: 7}; FailRequest{code}; CountUpRequest{number: 3, fail_code}.
     ping_proto = varint_field(1, 7)
     # (name, method, body, headers, calls, expected HTTP class, system,
-    #  rpc.status_code or None, traceparent kind)
+    #  rpc.status_code or None, traceparent kind); HTTP/2 unless the name
+    # says HTTP/1.1.
     cases = [
+        ("connect unary ok over HTTP/1.1", "Ping", b'{"id":"7","data":"aGk="}',
+         connect_unary + [sampled], 2000, "2xx", "connectrpc", None, "sampled"),
+        ("grpc-web stream failed_precondition over HTTP/1.1", "CountUp",
+         envelope(varint_field(1, 3) + varint_field(2, 9)), grpc_web + [sampled],
+         1000, "2xx", "grpc", "FAILED_PRECONDITION", "sampled"),
         ("connect unary ok", "Ping", b'{"id":"7","data":"aGk="}', connect_unary + [sampled],
          4000, "2xx", "connectrpc", None, "sampled"),
         ("connect unary internal", "Fail", b'{"code":13}', connect_unary + [sampled],
@@ -160,7 +169,7 @@ def main() -> int:
             path = os.path.join(tmp, "body")
             with open(path, "wb") as f:
                 f.write(body)
-            load = h2load(f"{server.url}/{FQ}/{method}", path, headers, n)
+            load = h2load(f"{server.url}/{FQ}/{method}", path, headers, n, "HTTP/1.1" in name)
             check(f"{name}: h2load completed all {n} calls",
                   load.get("done") == n and load.get("errored") == 0
                   and load.get("timeout") == 0, load)
