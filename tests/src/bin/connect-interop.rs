@@ -131,6 +131,23 @@ fn providers() -> (InMemorySpanExporter, SdkTracerProvider) {
     (exporter, provider)
 }
 
+/// Serves `app` on 127.0.0.1 (peer addresses from axum's `ConnectInfo`) and
+/// prints the `LISTEN` line.
+async fn serve(app: axum::Router) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    print_line(format!("LISTEN http://{addr}"));
+    server
+}
+
 async fn server() {
     let (exporter, provider) = providers();
     let otel = otel_connect::new_interceptor()
@@ -165,17 +182,7 @@ async fn server() {
                 req
             },
         ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
-    print_line(format!("LISTEN http://{addr}"));
+    let server = serve(app).await;
     spawn_span_printer(exporter.clone());
     // Until stdin closes.
     tokio::task::spawn_blocking(|| {
@@ -301,17 +308,7 @@ async fn load_server() {
                 req
             },
         ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-        .unwrap()
-    });
-    print_line(format!("LISTEN http://{addr}"));
+    let server = serve(app).await;
     let (tx, mut commands) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
