@@ -733,6 +733,198 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str
     out
 }
 
+// ------------------------------------------------ server side under h2load
+
+/// One server contender for h2load: its own runtime (one worker) and a
+/// tonic Greeter server on 127.0.0.1 with the contender's server layer.
+struct Served {
+    name: &'static str,
+    _runtime: tokio::runtime::Runtime,
+    addr: std::net::SocketAddr,
+    rounds: Vec<f64>,
+}
+
+macro_rules! h2load_contender {
+    ($name:expr, $server_layer:expr, $dispatch:expr $(,)?) => {{
+        let (name, server_layer, dispatch): (&'static str, _, Option<tracing::Dispatch>) =
+            ($name, $server_layer, $dispatch);
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(1).enable_all();
+        if let Some(d) = dispatch {
+            builder.on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&d)));
+        }
+        let runtime = builder.build().unwrap();
+        let addr = runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .layer(server_layer)
+                    .add_service(hello::greeter_server::GreeterServer::new(Greeter))
+                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            );
+            addr
+        });
+        Served {
+            name,
+            _runtime: runtime,
+            addr,
+            rounds: Vec::new(),
+        }
+    }};
+}
+
+/// Requests per second h2load reached against `server` in `seconds`, or
+/// `None` (with h2load's output printed) when a call failed or h2load
+/// could not run.
+fn h2load_round(
+    server: &Served,
+    body: &std::path::Path,
+    seconds: u32,
+    pinned: bool,
+) -> Option<f64> {
+    // Pinned: h2load on the second core, the servers on the first.
+    let mut command = if pinned {
+        let mut c = std::process::Command::new("taskset");
+        c.args(["-c", "1", "h2load"]);
+        c
+    } else {
+        std::process::Command::new("h2load")
+    };
+    let out = command
+        .args(["-c", "4", "-m", "16", "-t", "1", "-D", &seconds.to_string()])
+        .arg("-d")
+        .arg(body)
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .args([
+            "-H",
+            "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ])
+        .arg(format!(
+            "http://{}/helloworld.Greeter/SayHello",
+            server.addr
+        ))
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let clean = text.contains(" 0 failed, 0 errored, 0 timeout");
+    let rate = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1)?.strip_suffix(" req/s")?.parse().ok());
+    if !clean || rate.is_none() {
+        println!("h2load against {} went wrong:\n{text}", server.name);
+        return None;
+    }
+    rate
+}
+
+/// `--h2load`: the server layers alone, driven by h2load (nghttp2's HTTP/2
+/// load generator: an independent client), each contender in turn for
+/// `rounds` rounds of `seconds`. The servers run on one core and h2load on
+/// the other (pinned with `taskset` when it is there), so that the server's
+/// CPU time per call is what limits the rate.
+fn h2load_server_side(sdk: &Sdk, rounds: usize, seconds: u32) {
+    use tracing_subscriber::layer::SubscriberExt;
+    if std::process::Command::new("h2load")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        println!("\nh2load is not installed (Debian package nghttp2-client): no h2load section");
+        return;
+    }
+    let ours = ours(sdk, Semconv::Stable);
+    let floor = FloorLayer {
+        tracer: sdk.tracer_provider.tracer("floor"),
+        histogram: sdk
+            .meter_provider
+            .meter("floor")
+            .f64_histogram("rpc.server.call.duration")
+            .build(),
+        kind: SpanKind::Server,
+        propagate: Some(Arc::new(TraceContextPropagator::new())),
+    };
+    let ttoc_dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(
+            tracing_opentelemetry::layer().with_tracer(sdk.tracer_provider.tracer("tracing")),
+            tracing_subscriber::filter::Targets::new()
+                .with_target("otel::tracing", tracing::Level::TRACE),
+        )),
+    );
+    let mut contenders = vec![
+        h2load_contender!(
+            "bare (no instrumentation)",
+            tower::layer::util::Identity::new(),
+            None
+        ),
+        h2load_contender!("floor + W3C (server layer)", floor, None),
+        h2load_contender!("otel-tower server layer", ours.server_layer(), None),
+        h2load_contender!(
+            "tonic-tracing-opentelemetry 0.42 server layer",
+            tonic_tracing_opentelemetry::middleware::server::OtelGrpcLayer::default(),
+            Some(ttoc_dispatch),
+        ),
+    ];
+    // `--solo NAME` keeps the contenders whose name contains NAME.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(solo) = args
+        .iter()
+        .position(|a| a == "--solo")
+        .and_then(|i| args.get(i + 1))
+    {
+        contenders.retain(|c| c.name.contains(solo.as_str()));
+    }
+    let pinned = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !pinned {
+        println!("\n(taskset failed: server and h2load share the cores)");
+    }
+    // A HelloRequest { name: "bench" } in a gRPC envelope.
+    let body = std::env::temp_dir().join(format!("otel-tower-bench-{}.grpc", std::process::id()));
+    std::fs::write(&body, b"\x00\x00\x00\x00\x07\x0a\x05bench").unwrap();
+    for c in &contenders {
+        h2load_round(c, &body, 1, pinned); // warm up
+    }
+    for _ in 0..rounds {
+        for c in contenders.iter_mut() {
+            if let Some(rate) = h2load_round(c, &body, seconds, pinned) {
+                c.rounds.push(rate);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&body);
+    let bare = contenders
+        .iter()
+        .find(|c| c.name.starts_with("bare"))
+        .map(|c| c.rounds.clone())
+        .unwrap_or_default();
+    let bare_best = bare.iter().copied().fold(f64::NAN, f64::max);
+    println!(
+        "\n### Server side under h2load (tonic Greeter on one core, h2load on the other; gRPC unary with a sampled `traceparent`, 4 connections x 16 streams, {rounds} rounds x {seconds} s)\n"
+    );
+    println!(
+        "\"best\": the fastest round of each; \"median ratio\": the median over rounds of the contender's requests/s over bare's in the same round.\n"
+    );
+    println!("| contender | best req/s | best vs bare | median ratio |");
+    println!("|---|---:|---:|---:|");
+    for c in &contenders {
+        let best = c.rounds.iter().copied().fold(f64::NAN, f64::max);
+        let mut ratios: Vec<f64> = c.rounds.iter().zip(&bare).map(|(x, b)| x / b).collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+        println!(
+            "| {} | {:.0} | {:.1}% | {:.1}% |",
+            c.name,
+            best,
+            100.0 * best / bare_best,
+            100.0 * median
+        );
+    }
+}
+
 // ---------------------------------------------------------------- harness
 
 struct Contender {
@@ -1068,6 +1260,10 @@ fn main() {
 
     if std::env::args().any(|a| a == "--e2e-only") {
         end_to_end(&sdk, opts.rounds, Duration::from_millis(1000));
+        return;
+    }
+    if std::env::args().any(|a| a == "--h2load") {
+        h2load_server_side(&sdk, opts.rounds, 2);
         return;
     }
     let mut targets = Targets::default();
