@@ -861,6 +861,15 @@ fn h2load_server_side(sdk: &Sdk, rounds: usize, seconds: u32) {
         h2load_contender!("floor + W3C (server layer)", floor, None),
         h2load_contender!("otel-tower server layer", ours.server_layer(), None),
         h2load_contender!(
+            "otel-tonic server layer (its presets: peer attributes from TcpConnectInfo)",
+            otel_tonic::instrumentation()
+                .with_tracer_provider(sdk.tracer_provider.clone())
+                .with_meter_provider(sdk.meter_provider.clone())
+                .with_propagator(otel_tower::propagation::TraceContext::new())
+                .server_layer(),
+            None
+        ),
+        h2load_contender!(
             "tonic-tracing-opentelemetry 0.42 server layer",
             tonic_tracing_opentelemetry::middleware::server::OtelGrpcLayer::default(),
             Some(ttoc_dispatch),
