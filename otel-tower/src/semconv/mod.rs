@@ -224,26 +224,38 @@ fn peer_ip(peer: &SocketAddr) -> Value {
         static RECENT: RefCell<Recent> = const { RefCell::new((0, [const { None }; RECENT_PEERS])) };
     }
     let ip = peer.ip();
-    let value = RECENT.with_borrow_mut(|(next, recent)| {
+    let cached = RECENT.try_with(|recent| {
+        // Formatting calls nothing of ours, so this is never re-entered;
+        // were it, the call would format anew rather than panic.
+        let Ok(mut recent) = recent.try_borrow_mut() else {
+            return format_ip(ip);
+        };
+        let (next, recent) = &mut *recent;
         if let Some((_, value)) = recent.iter().flatten().find(|(seen, _)| *seen == ip) {
             return value.clone();
         }
-        // Formatted on the stack: the shared string is the one allocation.
-        let mut text = [0u8; 64];
-        let mut cursor = std::io::Cursor::new(&mut text[..]);
-        let value = match write!(cursor, "{ip}") {
-            Ok(()) => {
-                let len = cursor.position() as usize;
-                String::from_utf8_lossy(&text[..len]).as_ref().into()
-            }
-            Err(_) => Arc::<str>::from(ip.to_string()),
-        };
-        let value = StringValue::from(value);
+        let value = format_ip(ip);
         recent[*next] = Some((ip, value.clone()));
         *next = (*next + 1) % RECENT_PEERS;
         value
     });
-    Value::String(value)
+    // A thread being torn down has no cache left: it formats anew.
+    Value::String(cached.unwrap_or_else(|_| format_ip(ip)))
+}
+
+/// `ip` as text, formatted on the stack: the shared string is the one
+/// allocation.
+fn format_ip(ip: IpAddr) -> StringValue {
+    let mut text = [0u8; 64];
+    let mut cursor = std::io::Cursor::new(&mut text[..]);
+    let shared: Arc<str> = match write!(cursor, "{ip}") {
+        Ok(()) => {
+            let len = cursor.position() as usize;
+            String::from_utf8_lossy(&text[..len]).as_ref().into()
+        }
+        Err(_) => ip.to_string().into(),
+    };
+    shared.into()
 }
 
 impl Facts<'_> {
