@@ -536,23 +536,20 @@ struct E2e {
 
 const IN_FLIGHT: usize = 64;
 
-/// Builds one contender (a macro: tonic's layer bounds are long to spell).
-macro_rules! e2e_contender {
-    ($name:expr, $server_layer:expr, $client_layer:expr, $dispatch:expr $(,)?) => {{
-        let (name, server_layer, client_layer, dispatch): (
-            &'static str,
-            _,
-            _,
-            Option<tracing::Dispatch>,
-        ) = ($name, $server_layer, $client_layer, $dispatch);
-
+/// A runtime with `workers` worker threads (each with `dispatch` as its
+/// `tracing` dispatcher, if any) and, on it, a tonic Greeter server on
+/// 127.0.0.1 behind `server_layer`: `(runtime, address)`. A macro: tonic's
+/// layer bounds are long to spell.
+macro_rules! serve_greeter {
+    ($workers:expr, $server_layer:expr, $dispatch:expr $(,)?) => {{
+        let (server_layer, dispatch): (_, Option<tracing::Dispatch>) = ($server_layer, $dispatch);
         let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(2).enable_all();
+        builder.worker_threads($workers).enable_all();
         if let Some(d) = dispatch {
             builder.on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&d)));
         }
         let runtime = builder.build().unwrap();
-        let client = runtime.block_on(async move {
+        let addr = runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(
@@ -561,6 +558,19 @@ macro_rules! e2e_contender {
                     .add_service(hello::greeter_server::GreeterServer::new(Greeter))
                     .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
             );
+            addr
+        });
+        (runtime, addr)
+    }};
+}
+
+/// Builds one contender: the server on two workers, and a client on the
+/// same runtime.
+macro_rules! e2e_contender {
+    ($name:expr, $server_layer:expr, $client_layer:expr, $dispatch:expr $(,)?) => {{
+        let (name, client_layer): (&'static str, _) = ($name, $client_layer);
+        let (runtime, addr) = serve_greeter!(2, $server_layer, $dispatch);
+        let client = runtime.block_on(async move {
             let origin: http::Uri = format!("http://{addr}").parse().unwrap();
             let channel = tonic::transport::Endpoint::from(origin.clone())
                 .connect()
@@ -746,28 +756,10 @@ struct Served {
 
 macro_rules! h2load_contender {
     ($name:expr, $server_layer:expr, $dispatch:expr $(,)?) => {{
-        let (name, server_layer, dispatch): (&'static str, _, Option<tracing::Dispatch>) =
-            ($name, $server_layer, $dispatch);
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(1).enable_all();
-        if let Some(d) = dispatch {
-            builder.on_thread_start(move || std::mem::forget(tracing::dispatcher::set_default(&d)));
-        }
-        let runtime = builder.build().unwrap();
-        let addr = runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(
-                tonic::transport::Server::builder()
-                    .layer(server_layer)
-                    .add_service(hello::greeter_server::GreeterServer::new(Greeter))
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-            );
-            addr
-        });
+        let (_runtime, addr) = serve_greeter!(1, $server_layer, $dispatch);
         Served {
-            name,
-            _runtime: runtime,
+            name: $name,
+            _runtime,
             addr,
             rounds: Vec::new(),
         }
