@@ -529,7 +529,6 @@ struct E2e {
     name: &'static str,
     runtime: tokio::runtime::Runtime,
     call: Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>,
-    best: f64,
     /// Calls per second of each round.
     rounds: Vec<f64>,
 }
@@ -593,7 +592,6 @@ macro_rules! e2e_contender {
             name,
             runtime,
             call,
-            best: 0.0,
             rounds: Vec::new(),
         }
     }};
@@ -624,10 +622,47 @@ fn e2e_round(c: &E2e, duration: Duration) -> f64 {
     })
 }
 
+/// The `tracing` dispatcher tonic-tracing-opentelemetry's spans go through:
+/// tracing-opentelemetry on the SDK's tracer, at the level its spans use.
+fn ttoc_dispatch(sdk: &Sdk) -> tracing::Dispatch {
+    use tracing_subscriber::layer::SubscriberExt;
+    tracing::Dispatch::new(
+        tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(
+            tracing_opentelemetry::layer().with_tracer(sdk.tracer_provider.tracer("tracing")),
+            tracing_subscriber::filter::Targets::new()
+                .with_target("otel::tracing", tracing::Level::TRACE),
+        )),
+    )
+}
+
+/// `--solo NAME`: keeps only the contenders whose name contains NAME (for
+/// profilers).
+fn retain_solo<T>(contenders: &mut Vec<T>, name: impl Fn(&T) -> &str) {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(solo) = args
+        .iter()
+        .position(|a| a == "--solo")
+        .and_then(|i| args.get(i + 1))
+    {
+        contenders.retain(|c| name(c).contains(solo.as_str()));
+    }
+}
+
+/// A row of a throughput table: the best round and the median over rounds
+/// of the ratio to bare's round at the same time.
+fn best_and_median(rounds: &[f64], bare_rounds: &[f64]) -> (f64, f64) {
+    let best = rounds.iter().copied().fold(f64::NAN, f64::max);
+    let mut ratios: Vec<f64> = rounds.iter().zip(bare_rounds).map(|(x, b)| x / b).collect();
+    ratios.sort_by(f64::total_cmp);
+    (
+        best,
+        ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN),
+    )
+}
+
 /// Runs the loopback contenders; returns each one's best and median ratio
 /// to bare.
 fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str, f64, f64)> {
-    use tracing_subscriber::layer::SubscriberExt;
     let ours = ours(sdk, Semconv::Stable);
     let meter = sdk.meter_provider.meter("floor");
     let floor_layer = |kind: SpanKind| FloorLayer {
@@ -641,15 +676,7 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str
         kind,
         propagate: Some(Arc::new(TraceContextPropagator::new())),
     };
-    let ttoc_dispatch = {
-        let subscriber =
-            tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(
-                tracing_opentelemetry::layer().with_tracer(sdk.tracer_provider.tracer("tracing")),
-                tracing_subscriber::filter::Targets::new()
-                    .with_target("otel::tracing", tracing::Level::TRACE),
-            ));
-        tracing::Dispatch::new(subscriber)
-    };
+    let ttoc_dispatch = ttoc_dispatch(sdk);
     let mut contenders = vec![
         e2e_contender!(
             "bare (no instrumentation)",
@@ -688,17 +715,9 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str
             Some(ttoc_dispatch),
         ),
     ];
-    // `--solo NAME` keeps one contender (for profilers).
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(solo) = args
-        .iter()
-        .position(|a| a == "--solo")
-        .and_then(|i| args.get(i + 1))
-    {
-        contenders.retain(|c| c.name.contains(solo.as_str()));
-        if contenders.is_empty() {
-            return Vec::new();
-        }
+    retain_solo(&mut contenders, |c| c.name);
+    if contenders.is_empty() {
+        return Vec::new();
     }
     for c in &contenders {
         e2e_round(c, Duration::from_millis(200)); // warm up
@@ -706,13 +725,15 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str
     for _ in 0..rounds {
         for c in contenders.iter_mut() {
             let calls = e2e_round(c, duration);
-            c.best = c.best.max(calls);
             c.rounds.push(calls);
         }
     }
-    let bare = contenders.iter().find(|c| c.name.starts_with("bare"));
-    let bare_best = bare.map_or(f64::NAN, |c| c.best);
-    let bare_rounds = bare.map(|c| c.rounds.clone()).unwrap_or_default();
+    let bare_rounds = contenders
+        .iter()
+        .find(|c| c.name.starts_with("bare"))
+        .map(|c| c.rounds.clone())
+        .unwrap_or_default();
+    let bare_best = bare_rounds.iter().copied().fold(f64::NAN, f64::max);
     println!(
         "\n### End to end over loopback (tonic Greeter, {IN_FLIGHT} calls in flight, {rounds} rounds x {duration:?})\n"
     );
@@ -723,22 +744,15 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str
     println!("|---|---:|---:|---:|");
     let mut out = Vec::new();
     for c in &contenders {
-        let mut ratios: Vec<f64> = c
-            .rounds
-            .iter()
-            .zip(&bare_rounds)
-            .map(|(x, b)| x / b)
-            .collect();
-        ratios.sort_by(f64::total_cmp);
-        let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+        let (best, median) = best_and_median(&c.rounds, &bare_rounds);
         println!(
             "| {} | {:.0} | {:.1}% | {:.1}% |",
             c.name,
-            c.best,
-            100.0 * c.best / bare_best,
+            best,
+            100.0 * best / bare_best,
             100.0 * median
         );
-        out.push((c.name, c.best / bare_best, median));
+        out.push((c.name, best / bare_best, median));
     }
     out
 }
@@ -817,7 +831,6 @@ fn h2load_round(
 /// the other (pinned with `taskset` when it is there), so that the server's
 /// CPU time per call is what limits the rate.
 fn h2load_server_side(sdk: &Sdk, rounds: usize, seconds: u32) {
-    use tracing_subscriber::layer::SubscriberExt;
     if std::process::Command::new("h2load")
         .arg("--version")
         .output()
@@ -837,13 +850,7 @@ fn h2load_server_side(sdk: &Sdk, rounds: usize, seconds: u32) {
         kind: SpanKind::Server,
         propagate: Some(Arc::new(TraceContextPropagator::new())),
     };
-    let ttoc_dispatch = tracing::Dispatch::new(
-        tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(
-            tracing_opentelemetry::layer().with_tracer(sdk.tracer_provider.tracer("tracing")),
-            tracing_subscriber::filter::Targets::new()
-                .with_target("otel::tracing", tracing::Level::TRACE),
-        )),
-    );
+    let ttoc_dispatch = ttoc_dispatch(sdk);
     let mut contenders = vec![
         h2load_contender!(
             "bare (no instrumentation)",
@@ -867,15 +874,7 @@ fn h2load_server_side(sdk: &Sdk, rounds: usize, seconds: u32) {
             Some(ttoc_dispatch),
         ),
     ];
-    // `--solo NAME` keeps the contenders whose name contains NAME.
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(solo) = args
-        .iter()
-        .position(|a| a == "--solo")
-        .and_then(|i| args.get(i + 1))
-    {
-        contenders.retain(|c| c.name.contains(solo.as_str()));
-    }
+    retain_solo(&mut contenders, |c| c.name);
     let pinned = std::process::Command::new("taskset")
         .args(["-a", "-p", "-c", "0", &std::process::id().to_string()])
         .output()
@@ -912,10 +911,7 @@ fn h2load_server_side(sdk: &Sdk, rounds: usize, seconds: u32) {
     println!("| contender | best req/s | best vs bare | median ratio |");
     println!("|---|---:|---:|---:|");
     for c in &contenders {
-        let best = c.rounds.iter().copied().fold(f64::NAN, f64::max);
-        let mut ratios: Vec<f64> = c.rounds.iter().zip(&bare).map(|(x, b)| x / b).collect();
-        ratios.sort_by(f64::total_cmp);
-        let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+        let (best, median) = best_and_median(&c.rounds, &bare);
         println!(
             "| {} | {:.0} | {:.1}% | {:.1}% |",
             c.name,
@@ -980,15 +976,7 @@ fn measure(contenders: &mut Vec<Contender>, rounds: usize, calls: usize) {
             c.name.contains(only.as_str()) || c.name.starts_with("bare") || c.name == "floor"
         });
     }
-    // `--solo NAME` keeps only the contenders whose name contains NAME (for
-    // profilers).
-    if let Some(solo) = args
-        .iter()
-        .position(|a| a == "--solo")
-        .and_then(|i| args.get(i + 1))
-    {
-        contenders.retain(|c| c.name.contains(solo.as_str()));
-    }
+    retain_solo(contenders, |c| c.name.as_str());
     for c in contenders.iter_mut() {
         // Warm up (and fill caches), then count allocations on a short run.
         for _ in 0..200 {
