@@ -648,16 +648,40 @@ fn retain_solo<T>(contenders: &mut Vec<T>, name: impl Fn(&T) -> &str) {
     }
 }
 
-/// A row of a throughput table: the best round and the median over rounds
-/// of the ratio to bare's round at the same time.
-fn best_and_median(rounds: &[f64], bare_rounds: &[f64]) -> (f64, f64) {
-    let best = rounds.iter().copied().fold(f64::NAN, f64::max);
-    let mut ratios: Vec<f64> = rounds.iter().zip(bare_rounds).map(|(x, b)| x / b).collect();
-    ratios.sort_by(f64::total_cmp);
-    (
-        best,
-        ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN),
-    )
+/// Prints a throughput table (each contender's rounds, `unit` per second)
+/// and returns, per contender, its best round and the median over rounds
+/// of its ratio to bare's round at the same time, both as ratios to bare.
+fn rate_table(
+    title: &str,
+    unit: &str,
+    rows: &[(&'static str, &[f64])],
+) -> Vec<(&'static str, f64, f64)> {
+    let best = |rounds: &[f64]| rounds.iter().copied().fold(f64::NAN, f64::max);
+    let bare: &[f64] = rows
+        .iter()
+        .find(|(name, _)| name.starts_with("bare"))
+        .map_or(&[], |(_, rounds)| rounds);
+    println!("\n### {title}\n");
+    println!(
+        "\"best\": the fastest round of each; \"median ratio\": the median over rounds of the contender's {unit} over bare's in the same round.\n"
+    );
+    println!("| contender | best {unit} | best vs bare | median ratio |");
+    println!("|---|---:|---:|---:|");
+    let mut out = Vec::new();
+    for (name, rounds) in rows {
+        let mut ratios: Vec<f64> = rounds.iter().zip(bare).map(|(x, b)| x / b).collect();
+        ratios.sort_by(f64::total_cmp);
+        let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
+        let best_ratio = best(rounds) / best(bare);
+        println!(
+            "| {name} | {:.0} | {:.1}% | {:.1}% |",
+            best(rounds),
+            100.0 * best_ratio,
+            100.0 * median
+        );
+        out.push((*name, best_ratio, median));
+    }
+    out
 }
 
 /// Runs the loopback contenders; returns each one's best and median ratio
@@ -728,33 +752,15 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str
             c.rounds.push(calls);
         }
     }
-    let bare_rounds = contenders
-        .iter()
-        .find(|c| c.name.starts_with("bare"))
-        .map(|c| c.rounds.clone())
-        .unwrap_or_default();
-    let bare_best = bare_rounds.iter().copied().fold(f64::NAN, f64::max);
-    println!(
-        "\n### End to end over loopback (tonic Greeter, {IN_FLIGHT} calls in flight, {rounds} rounds x {duration:?})\n"
-    );
-    println!(
-        "\"best\": the fastest round of each; \"median ratio\": the median over rounds of the contender's calls/s over bare's in the same round.\n"
-    );
-    println!("| contender | best calls/s | best vs bare | median ratio |");
-    println!("|---|---:|---:|---:|");
-    let mut out = Vec::new();
-    for c in &contenders {
-        let (best, median) = best_and_median(&c.rounds, &bare_rounds);
-        println!(
-            "| {} | {:.0} | {:.1}% | {:.1}% |",
-            c.name,
-            best,
-            100.0 * best / bare_best,
-            100.0 * median
-        );
-        out.push((c.name, best / bare_best, median));
-    }
-    out
+    let rows: Vec<(&'static str, &[f64])> =
+        contenders.iter().map(|c| (c.name, &c.rounds[..])).collect();
+    rate_table(
+        &format!(
+            "End to end over loopback (tonic Greeter, {IN_FLIGHT} calls in flight, {rounds} rounds x {duration:?})"
+        ),
+        "calls/s",
+        &rows,
+    )
 }
 
 // ------------------------------------------------ server side under h2load
@@ -896,30 +902,15 @@ fn h2load_server_side(sdk: &Sdk, rounds: usize, seconds: u32) {
         }
     }
     let _ = std::fs::remove_file(&body);
-    let bare = contenders
-        .iter()
-        .find(|c| c.name.starts_with("bare"))
-        .map(|c| c.rounds.clone())
-        .unwrap_or_default();
-    let bare_best = bare.iter().copied().fold(f64::NAN, f64::max);
-    println!(
-        "\n### Server side under h2load (tonic Greeter on one core, h2load on the other; gRPC unary with a sampled `traceparent`, 4 connections x 16 streams, {rounds} rounds x {seconds} s)\n"
+    let rows: Vec<(&'static str, &[f64])> =
+        contenders.iter().map(|c| (c.name, &c.rounds[..])).collect();
+    rate_table(
+        &format!(
+            "Server side under h2load (tonic Greeter on one core, h2load on the other; gRPC unary with a sampled `traceparent`, 4 connections x 16 streams, {rounds} rounds x {seconds} s)"
+        ),
+        "req/s",
+        &rows,
     );
-    println!(
-        "\"best\": the fastest round of each; \"median ratio\": the median over rounds of the contender's requests/s over bare's in the same round.\n"
-    );
-    println!("| contender | best req/s | best vs bare | median ratio |");
-    println!("|---|---:|---:|---:|");
-    for c in &contenders {
-        let (best, median) = best_and_median(&c.rounds, &bare);
-        println!(
-            "| {} | {:.0} | {:.1}% | {:.1}% |",
-            c.name,
-            best,
-            100.0 * best / bare_best,
-            100.0 * median
-        );
-    }
 }
 
 // ---------------------------------------------------------------- harness
