@@ -635,8 +635,8 @@ fn ttoc_dispatch(sdk: &Sdk) -> tracing::Dispatch {
     )
 }
 
-/// `--solo NAME`: keeps only the contenders whose name contains NAME (for
-/// profilers).
+/// `--solo NAME`: keeps only the contender named NAME exactly if there is
+/// one, else those whose name contains NAME (for profilers).
 fn retain_solo<T>(contenders: &mut Vec<T>, name: impl Fn(&T) -> &str) {
     let args: Vec<String> = std::env::args().collect();
     if let Some(solo) = args
@@ -644,7 +644,11 @@ fn retain_solo<T>(contenders: &mut Vec<T>, name: impl Fn(&T) -> &str) {
         .position(|a| a == "--solo")
         .and_then(|i| args.get(i + 1))
     {
-        contenders.retain(|c| name(c).contains(solo.as_str()));
+        if contenders.iter().any(|c| name(c) == solo) {
+            contenders.retain(|c| name(c) == solo);
+        } else {
+            contenders.retain(|c| name(c).contains(solo.as_str()));
+        }
     }
 }
 
@@ -934,9 +938,16 @@ impl Contender {
 }
 
 struct Options {
+    /// In-process rounds: many short ones over several seconds, so that
+    /// every contender gets rounds in the machine's quiet phases (on a
+    /// shared 2-vCPU VM, slow phases come and go over seconds) and its
+    /// fastest round is one of them.
     rounds: usize,
     calls: usize,
     stream_calls: usize,
+    /// Rounds of the loopback and h2load parts (each round lasts a fixed
+    /// time, so they keep their own, smaller default).
+    throughput_rounds: usize,
 }
 
 fn options() -> Options {
@@ -949,26 +960,34 @@ fn options() -> Options {
             .and_then(|v| v.parse().ok())
     };
     Options {
-        rounds: value("--rounds").unwrap_or(if quick { 3 } else { 7 }),
-        calls: value("--calls").unwrap_or(if quick { 5_000 } else { 30_000 }),
-        stream_calls: if quick { 50 } else { 300 },
+        rounds: value("--rounds").unwrap_or(if quick { 10 } else { 60 }),
+        calls: value("--calls").unwrap_or(if quick { 2_000 } else { 3_000 }),
+        stream_calls: if quick { 20 } else { 100 },
+        throughput_rounds: value("--rounds").unwrap_or(7),
     }
 }
 
-fn measure(contenders: &mut Vec<Contender>, rounds: usize, calls: usize) {
+/// Measures every contender of every group: warm-up and allocation count
+/// first, then `rounds` rounds in which all of them, across groups, run
+/// `calls` calls in turn. Groups share rounds so that the server's and the
+/// client's figures come from the same stretches of time: on a shared VM
+/// the slow phases last seconds, longer than one side's whole run.
+fn measure(groups: &mut [&mut Vec<Contender>], rounds: usize, calls: usize) {
     // `--only NAME` keeps the contenders whose name contains NAME (and bare).
     let args: Vec<String> = std::env::args().collect();
-    if let Some(only) = args
+    let only = args
         .iter()
         .position(|a| a == "--only")
-        .and_then(|i| args.get(i + 1))
-    {
-        contenders.retain(|c| {
-            c.name.contains(only.as_str()) || c.name.starts_with("bare") || c.name == "floor"
-        });
+        .and_then(|i| args.get(i + 1));
+    for contenders in groups.iter_mut() {
+        if let Some(only) = only {
+            contenders.retain(|c| {
+                c.name.contains(only.as_str()) || c.name.starts_with("bare") || c.name == "floor"
+            });
+        }
+        retain_solo(contenders, |c| c.name.as_str());
     }
-    retain_solo(contenders, |c| c.name.as_str());
-    for c in contenders.iter_mut() {
+    for c in groups.iter_mut().flat_map(|g| g.iter_mut()) {
         // Warm up (and fill caches), then count allocations on a short run.
         for _ in 0..200 {
             (c.run)();
@@ -981,7 +1000,7 @@ fn measure(contenders: &mut Vec<Contender>, rounds: usize, calls: usize) {
         c.allocs = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
     }
     for _ in 0..rounds {
-        for c in contenders.iter_mut() {
+        for c in groups.iter_mut().flat_map(|g| g.iter_mut()) {
             let start = Instant::now();
             for _ in 0..calls {
                 (c.run)();
@@ -1239,25 +1258,23 @@ fn main() {
     );
 
     if std::env::args().any(|a| a == "--e2e-only") {
-        end_to_end(&sdk, opts.rounds, Duration::from_millis(1000));
+        end_to_end(&sdk, opts.throughput_rounds, Duration::from_millis(1000));
         return;
     }
     if std::env::args().any(|a| a == "--h2load") {
-        h2load_server_side(&sdk, opts.rounds, 2);
+        h2load_server_side(&sdk, opts.throughput_rounds, 2);
         return;
     }
     let mut targets = Targets::default();
     let mut server = server_contenders(&sdk, 1);
-    measure(&mut server, opts.rounds, opts.calls);
+    let mut client = client_contenders(&sdk, 1);
+    measure(&mut [&mut server, &mut client], opts.rounds, opts.calls);
     report(
         "Server side, unary",
         &server,
         "bare (no instrumentation)",
         "floor",
     );
-
-    let mut client = client_contenders(&sdk, 1);
-    measure(&mut client, opts.rounds, opts.calls);
     report(
         "Client side, unary",
         &client,
@@ -1289,7 +1306,17 @@ fn main() {
                 || c.name.starts_with("floor")
         })
         .collect();
-    measure(&mut stream, opts.rounds, opts.stream_calls);
+    let mut client_stream: Vec<Contender> = client_contenders(&sdk, 1000)
+        .into_iter()
+        .filter(|c| {
+            c.name.starts_with("bare") || c.name == "floor" || c.name == "otel-tower client Stable"
+        })
+        .collect();
+    measure(
+        &mut [&mut stream, &mut client_stream],
+        opts.rounds,
+        opts.stream_calls,
+    );
     report(
         "Server side, stream of 1000 messages",
         &stream,
@@ -1307,13 +1334,6 @@ fn main() {
         &server,
     ));
 
-    let mut client_stream: Vec<Contender> = client_contenders(&sdk, 1000)
-        .into_iter()
-        .filter(|c| {
-            c.name.starts_with("bare") || c.name == "floor" || c.name == "otel-tower client Stable"
-        })
-        .collect();
-    measure(&mut client_stream, opts.rounds, opts.stream_calls);
     report(
         "Client side, stream of 1000 messages",
         &client_stream,
