@@ -665,6 +665,7 @@ fn rate_table(
         .iter()
         .find(|(name, _)| name.starts_with("bare"))
         .map_or(&[], |(_, rounds)| rounds);
+    let bare_best = best(bare);
     println!("\n### {title}\n");
     println!(
         "\"best\": the fastest round of each; \"median ratio\": the median over rounds of the contender's {unit} over bare's in the same round.\n"
@@ -676,7 +677,7 @@ fn rate_table(
         let mut ratios: Vec<f64> = rounds.iter().zip(bare).map(|(x, b)| x / b).collect();
         ratios.sort_by(f64::total_cmp);
         let median = ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN);
-        let best_ratio = best(rounds) / best(bare);
+        let best_ratio = best(rounds) / bare_best;
         println!(
             "| {name} | {:.0} | {:.1}% | {:.1}% |",
             best(rounds),
