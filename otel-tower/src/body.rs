@@ -25,6 +25,7 @@ pub(crate) enum Current {
 
 impl Current {
     /// The context to attach, if any, while the call (if any) still runs.
+    #[inline]
     fn get<'a>(&'a self, call: Option<&'a Call>) -> Option<&'a Context> {
         match self {
             Current::Nothing => None,
@@ -65,6 +66,7 @@ impl<B> ResponseBody<B> {
     }
 }
 
+#[inline]
 fn feed_data<D: Buf>(call: &mut Call, data: &D) {
     if data.chunk().len() == data.remaining() {
         call.on_data(data.chunk());
@@ -101,26 +103,46 @@ impl<B: Body> Body for ResponseBody<B> {
             .get(this.call.as_ref())
             .map(|c| c.clone().attach());
         let mut inner = this.inner;
-        let result = ready!(fail_on_panic(this.call.as_mut(), || inner
+        let call = match this.call.as_mut() {
+            Some(call) if !call.is_done() => call,
+            _ => return inner.poll_frame(cx),
+        };
+        let result = ready!(fail_on_panic(Some(&mut *call), || inner
             .as_mut()
             .poll_frame(cx)));
-        if let Some(call) = this.call.as_mut() {
-            match &result {
-                Some(Ok(frame)) => {
-                    if let Some(data) = frame.data_ref() {
-                        feed_data(call, data);
-                    } else if let Some(trailers) = frame.trailers_ref() {
+        // A data frame is taken apart and made again around the same data,
+        // straight into the value returned: its few words then travel in
+        // registers. Returned whole, the frame would go through a copy on
+        // the stack, whose wide reads stall on the narrow stores that just
+        // wrote it, on every message.
+        match result {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    feed_data(call, &data);
+                    if inner.is_end_stream() {
+                        call.on_end();
+                    }
+                    Poll::Ready(Some(Ok(Frame::data(data))))
+                }
+                Err(frame) => {
+                    if let Some(trailers) = frame.trailers_ref() {
                         call.on_trailers(trailers);
                     }
+                    if inner.is_end_stream() {
+                        call.on_end();
+                    }
+                    Poll::Ready(Some(Ok(frame)))
                 }
-                Some(Err(_)) => call.on_body_error(),
-                None => call.on_end(),
+            },
+            Some(Err(e)) => {
+                call.on_body_error();
+                Poll::Ready(Some(Err(e)))
             }
-            if inner.is_end_stream() {
+            None => {
                 call.on_end();
+                Poll::Ready(None)
             }
         }
-        Poll::Ready(result)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -186,20 +208,20 @@ where
             Current::Nothing
         };
         Poll::Ready(match result {
-            Ok(response) => {
-                let (mut head, body) = response.into_parts();
+            Ok(mut response) => {
                 if let Some(c) = this.call.as_mut() {
-                    c.on_response(&mut head);
+                    c.on_response(response.status(), response.headers_mut());
                     // 204 and 304 carry no body on the wire, whatever the
                     // service returned: the call is over.
                     let bodiless = matches!(
-                        head.status,
+                        response.status(),
                         http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
                     );
-                    if bodiless || body.is_end_stream() {
+                    if bodiless || response.body().is_end_stream() {
                         c.on_end();
                     }
                 }
+                let (head, body) = response.into_parts();
                 Ok(http::Response::from_parts(
                     head,
                     // Taken here, as the body is made: one move of the call.

@@ -391,6 +391,7 @@ impl Call {
     }
 
     /// Whether the call has finished.
+    #[inline]
     pub fn is_done(&self) -> bool {
         self.done
     }
@@ -482,20 +483,18 @@ impl Call {
     }
 
     /// The response head arrived.
-    pub fn on_response(&mut self, head: &mut http::response::Parts) {
-        self.http_status = head.status.as_u16();
+    pub fn on_response(&mut self, status: http::StatusCode, headers: &mut HeaderMap) {
+        self.http_status = status.as_u16();
         if self.protocol.is_grpc() {
-            self.ending = header_ending(&head.headers);
+            self.ending = header_ending(headers);
         }
         let encoding = match self.protocol {
             Protocol::ConnectUnary | Protocol::ConnectGet => {
-                head.headers.get(http::header::CONTENT_ENCODING)
+                headers.get(http::header::CONTENT_ENCODING)
             }
-            Protocol::ConnectStream => head
-                .headers
-                .get(crate::wire::names::CONNECT_CONTENT_ENCODING),
+            Protocol::ConnectStream => headers.get(crate::wire::names::CONNECT_CONTENT_ENCODING),
             Protocol::GrpcWeb | Protocol::GrpcWebText => {
-                head.headers.get(crate::wire::names::GRPC_ENCODING)
+                headers.get(crate::wire::names::GRPC_ENCODING)
             }
             Protocol::Grpc => None,
         };
@@ -541,10 +540,10 @@ impl Call {
             }
         };
         if self.captures_response() {
-            self.capture_response_head(&head.headers);
+            self.capture_response_head(headers);
         }
         if self.side == Side::Server && self.traced() && self.config.propagate_response_header {
-            self.inject(&mut head.headers);
+            self.inject(headers);
         }
     }
 
@@ -554,11 +553,23 @@ impl Call {
     }
 
     /// A chunk of response body passed through.
+    #[inline]
     pub fn on_data(&mut self, data: &[u8]) {
         if self.done {
             return;
         }
         self.body_bytes += data.len() as u64;
+        // Most frames are only counted (gRPC without message events): that
+        // path stays inline, in the body's poll.
+        if !matches!(self.reader, Reader::Pending | Reader::Bytes) {
+            self.read_data(data);
+        }
+    }
+
+    /// A chunk of response body whose bytes are read: a Connect unary
+    /// error body, or envelopes.
+    #[inline(never)]
+    fn read_data(&mut self, data: &[u8]) {
         match &mut self.reader {
             Reader::Pending | Reader::Bytes => return,
             Reader::Unary => {
