@@ -970,17 +970,19 @@ fn options() -> Options {
 
 /// Measures every contender of every group: warm-up and allocation count
 /// first, then `rounds` rounds in which all of them, across groups, run
-/// `calls` calls in turn. Groups share rounds so that the server's and the
-/// client's figures come from the same stretches of time: on a shared VM
-/// the slow phases last seconds, longer than one side's whole run.
-fn measure(groups: &mut [&mut Vec<Contender>], rounds: usize, calls: usize) {
+/// their group's number of calls in turn. Groups share rounds so that the
+/// server's and the client's figures, unary and streaming, come from the
+/// same stretches of time: on a shared VM the slow phases last seconds,
+/// longer than one part's whole run, and a per-message cost compares a
+/// stream's figures with the unary ones.
+fn measure(groups: &mut [(&mut Vec<Contender>, usize)], rounds: usize) {
     // `--only NAME` keeps the contenders whose name contains NAME (and bare).
     let args: Vec<String> = std::env::args().collect();
     let only = args
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1));
-    for contenders in groups.iter_mut() {
+    for (contenders, _) in groups.iter_mut() {
         if let Some(only) = only {
             contenders.retain(|c| {
                 c.name.contains(only.as_str()) || c.name.starts_with("bare") || c.name == "floor"
@@ -988,7 +990,7 @@ fn measure(groups: &mut [&mut Vec<Contender>], rounds: usize, calls: usize) {
         }
         retain_solo(contenders, |c| c.name.as_str());
     }
-    for c in groups.iter_mut().flat_map(|g| g.iter_mut()) {
+    for c in groups.iter_mut().flat_map(|(g, _)| g.iter_mut()) {
         // Warm up (and fill caches), then count allocations on a short run.
         for _ in 0..200 {
             (c.run)();
@@ -1001,13 +1003,16 @@ fn measure(groups: &mut [&mut Vec<Contender>], rounds: usize, calls: usize) {
         c.allocs = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64;
     }
     for _ in 0..rounds {
-        for c in groups.iter_mut().flat_map(|g| g.iter_mut()) {
-            let start = Instant::now();
-            for _ in 0..calls {
-                (c.run)();
+        for (contenders, calls) in groups.iter_mut() {
+            let calls = *calls;
+            for c in contenders.iter_mut() {
+                let start = Instant::now();
+                for _ in 0..calls {
+                    (c.run)();
+                }
+                let ns = start.elapsed().as_nanos() as f64 / calls as f64;
+                c.best_ns = c.best_ns.min(ns);
             }
-            let ns = start.elapsed().as_nanos() as f64 / calls as f64;
-            c.best_ns = c.best_ns.min(ns);
         }
     }
 }
@@ -1269,7 +1274,38 @@ fn main() {
     let mut targets = Targets::default();
     let mut server = server_contenders(&sdk, 1);
     let mut client = client_contenders(&sdk, 1);
-    measure(&mut [&mut server, &mut client], opts.rounds, opts.calls);
+    let streams = !std::env::args().any(|a| a == "--no-stream");
+    let mut stream: Vec<Contender> = if streams {
+        server_contenders(&sdk, 1000)
+    } else {
+        Vec::new()
+    };
+    stream.retain(|c| {
+        c.name.starts_with("bare")
+            || c.name == "otel-tower Stable (spans+metrics+W3C)"
+            || c.name == "otel-tower Stable, without_body_context"
+            || c.name.starts_with("floor")
+    });
+    let mut client_stream: Vec<Contender> = if streams {
+        client_contenders(&sdk, 1000)
+    } else {
+        Vec::new()
+    };
+    client_stream.retain(|c| {
+        c.name.starts_with("bare") || c.name == "floor" || c.name == "otel-tower client Stable"
+    });
+    // The streams run in the unary rounds, so that a per-message cost (a
+    // stream's figures less the unary ones) never compares a quiet stretch
+    // of the machine with a slow one.
+    measure(
+        &mut [
+            (&mut server, opts.calls),
+            (&mut client, opts.calls),
+            (&mut stream, opts.stream_calls),
+            (&mut client_stream, opts.stream_calls),
+        ],
+        opts.rounds,
+    );
     report(
         "Server side, unary",
         &server,
@@ -1284,7 +1320,7 @@ fn main() {
     );
 
     targets.unary(&server, &client);
-    if std::env::args().any(|a| a == "--no-stream") {
+    if !streams {
         targets.print();
         return;
     }
@@ -1298,26 +1334,6 @@ fn main() {
             Duration::from_millis(if quick { 300 } else { 500 }),
         );
     }
-    let mut stream: Vec<Contender> = server_contenders(&sdk, 1000)
-        .into_iter()
-        .filter(|c| {
-            c.name.starts_with("bare")
-                || c.name == "otel-tower Stable (spans+metrics+W3C)"
-                || c.name == "otel-tower Stable, without_body_context"
-                || c.name.starts_with("floor")
-        })
-        .collect();
-    let mut client_stream: Vec<Contender> = client_contenders(&sdk, 1000)
-        .into_iter()
-        .filter(|c| {
-            c.name.starts_with("bare") || c.name == "floor" || c.name == "otel-tower client Stable"
-        })
-        .collect();
-    measure(
-        &mut [&mut stream, &mut client_stream],
-        opts.rounds,
-        opts.stream_calls,
-    );
     report(
         "Server side, stream of 1000 messages",
         &stream,
