@@ -174,10 +174,12 @@ pub(crate) fn inject_into(cx: &Context, sc: &SpanContext, headers: &mut http::He
     if !sc.is_valid() {
         return;
     }
-    if let Ok(mut value) = http::HeaderValue::from_bytes(&traceparent(sc)) {
-        super::carrier::mark_unique(&mut value);
-        headers.insert(TRACEPARENT_NAME, value);
-    }
+    let bytes = bytes::Bytes::copy_from_slice(&traceparent(sc));
+    // SAFETY: `traceparent` writes only hex digits and dashes, all valid in
+    // a header value; checking them again costs as much as writing them.
+    let mut value = unsafe { http::HeaderValue::from_maybe_shared_unchecked(bytes) };
+    super::carrier::mark_unique(&mut value);
+    headers.insert(TRACEPARENT_NAME, value);
     if let Some(state) = tracestate(cx, sc)
         && let Ok(value) = http::HeaderValue::try_from(state)
     {

@@ -71,6 +71,11 @@ impl Protocol {
             return is_connect_get(uri).then_some(Protocol::ConnectGet);
         }
         let content_type = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+        // What gRPC clients and servers send on nearly every call, matched
+        // whole before the general parse (parameters, case, whitespace).
+        if content_type == b"application/grpc" || content_type == b"application/grpc+proto" {
+            return Some(Protocol::Grpc);
+        }
         let media = match content_type.iter().position(|&b| b == b';') {
             Some(i) => &content_type[..i],
             None => content_type,
