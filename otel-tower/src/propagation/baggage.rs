@@ -192,7 +192,7 @@ impl TextMapPropagator for Baggage {
 /// Extracts from any header source; all `baggage` headers are one list.
 pub(crate) fn extract_from<'a>(cx: &Context, source: &'a impl super::Source<'a>) -> Context {
     let mut headers: smallvec::SmallVec<[&str; 2]> = smallvec::SmallVec::new();
-    source.each(&BAGGAGE_NAME, &mut |v| headers.push(v));
+    source.each(&BAGGAGE_NAME, &mut |v| headers.push(super::text(v)));
     if headers.is_empty() {
         return cx.clone();
     }

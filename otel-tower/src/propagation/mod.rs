@@ -375,25 +375,41 @@ fn extract_natives(natives: &[Native], cx: &Context, headers: &http::HeaderMap) 
 }
 
 /// Header values as the propagators' parsers read them: every value of a
-/// name, in order; values that are not visible ASCII as U+FFFD (which no
-/// grammar accepts, so they still count without being decoded).
+/// name, in order, as its bytes. A parser that reads text takes them through
+/// [`text`]; `traceparent`'s reads the bytes (its grammar is ASCII, so any
+/// other byte fails it) without checking every byte twice.
 pub(crate) trait Source<'a> {
     /// Calls `f` with each value of `name`.
-    fn each(&self, name: &http::HeaderName, f: &mut dyn FnMut(&'a str));
+    fn each(&self, name: &http::HeaderName, f: &mut dyn FnMut(&'a [u8]));
+}
+
+/// A header value as text: itself when every byte is visible ASCII (or a
+/// tab), else U+FFFD, which no propagation grammar accepts, so that the value
+/// still counts without being decoded.
+pub(crate) fn text(value: &[u8]) -> &str {
+    if value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        // ASCII is UTF-8.
+        std::str::from_utf8(value).unwrap_or("\u{FFFD}")
+    } else {
+        "\u{FFFD}"
+    }
 }
 
 impl<'a> Source<'a> for &'a dyn Extractor {
-    fn each(&self, name: &http::HeaderName, f: &mut dyn FnMut(&'a str)) {
+    fn each(&self, name: &http::HeaderName, f: &mut dyn FnMut(&'a [u8])) {
         for v in self.get_all(name.as_str()).unwrap_or_default() {
-            f(v);
+            f(v.as_bytes());
         }
     }
 }
 
 impl<'a> Source<'a> for &'a http::HeaderMap {
-    fn each(&self, name: &http::HeaderName, f: &mut dyn FnMut(&'a str)) {
+    fn each(&self, name: &http::HeaderName, f: &mut dyn FnMut(&'a [u8])) {
         for v in self.get_all(name) {
-            f(v.to_str().unwrap_or("\u{FFFD}"));
+            f(v.as_bytes());
         }
     }
 }

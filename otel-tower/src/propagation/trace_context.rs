@@ -75,8 +75,8 @@ struct VerbatimTraceState {
 }
 
 /// Parses a `traceparent` value (surrounding whitespace allowed).
-pub(crate) fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
-    let value = value.trim_matches([' ', '\t']).as_bytes();
+pub(crate) fn parse_traceparent(value: &[u8]) -> Option<(TraceId, SpanId, TraceFlags)> {
+    let value = trim_ows(value);
     if value.len() < 55 {
         return None;
     }
@@ -97,6 +97,14 @@ pub(crate) fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFl
         return None;
     }
     Some((trace_id, span_id, TraceFlags::new(flags)))
+}
+
+/// `value` without the spaces and tabs around it.
+fn trim_ows(value: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+    let end = value.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    &value[start..end]
 }
 
 fn valid_key(key: &str) -> bool {
@@ -227,7 +235,7 @@ pub(crate) fn extract_from<'a>(cx: &Context, source: &'a impl Source<'a>) -> Con
         return cx.clone();
     };
     let mut states: smallvec::SmallVec<[&str; 2]> = smallvec::SmallVec::new();
-    source.each(&TRACESTATE_NAME, &mut |v| states.push(v));
+    source.each(&TRACESTATE_NAME, &mut |v| states.push(super::text(v)));
     let (trace_state, verbatim) = if states.is_empty() {
         (TraceState::NONE, None)
     } else {
