@@ -448,12 +448,12 @@ impl Call {
             }
             if mode.stable() {
                 let array = opentelemetry::Array::String(values);
-                out.push_kv(KeyValue::new(h.stable.clone(), Value::Array(array)));
+                out.push_with(|| KeyValue::new(h.stable.clone(), Value::Array(array)));
             }
         }
         for (key, values) in legacy {
             let array = opentelemetry::Array::String(values);
-            out.push_kv(KeyValue::new(key.clone(), Value::Array(array)));
+            out.push_with(|| KeyValue::new(key.clone(), Value::Array(array)));
         }
     }
 

@@ -19,25 +19,19 @@ use keys::*;
 /// Attributes built per call, on the stack for the usual sizes.
 pub(crate) type Attrs = smallvec::SmallVec<[KeyValue; 8]>;
 
-/// Where attributes are collected: pushed one at a time, without the
-/// reserve-and-loop of `Extend`.
+/// Where attributes are collected: one at a time, each made straight into
+/// room reserved for it. `push` would keep a value alive across a possible
+/// reallocation, so the value would be made on the stack first and copied
+/// with wide loads that stall on the narrow stores that just wrote it
+/// (measured: most of the time spent building a span's attributes).
 pub(crate) trait AttrSink {
-    fn push_kv(&mut self, kv: KeyValue);
-
-    /// Pushes the attribute `kv` makes (see the `Vec` implementation).
-    fn push_with(&mut self, kv: impl FnOnce() -> KeyValue) {
-        self.push_kv(kv());
-    }
+    /// Pushes the attribute `kv` makes.
+    fn push_with(&mut self, kv: impl FnOnce() -> KeyValue);
 }
 
 impl AttrSink for Attrs {
-    fn push_kv(&mut self, kv: KeyValue) {
-        self.push(kv);
-    }
-
     #[inline]
     fn push_with(&mut self, kv: impl FnOnce() -> KeyValue) {
-        // As for `Vec` below: room first, then the value made into it.
         self.reserve(1);
         let len = self.len();
         // SAFETY: `reserve(1)` left room for one more item past `len`, which
@@ -50,17 +44,8 @@ impl AttrSink for Attrs {
 }
 
 impl AttrSink for Vec<KeyValue> {
-    fn push_kv(&mut self, kv: KeyValue) {
-        self.push(kv);
-    }
-
     #[inline]
     fn push_with(&mut self, kv: impl FnOnce() -> KeyValue) {
-        // Room first, then the value, made straight into it: `push` keeps
-        // a value alive across a possible reallocation, so it is made on
-        // the stack and copied with wide loads that stall on the narrow
-        // stores that just wrote it (measured: most of the time spent
-        // building a span's attributes).
         self.reserve(1);
         let len = self.len();
         self.spare_capacity_mut()[0].write(kv());
@@ -330,16 +315,16 @@ impl Facts<'_> {
         match self.side {
             Side::Client => {
                 if let Some(addr) = self.server_address {
-                    out.push_kv(KeyValue::new(NET_PEER_NAME, addr.clone()));
+                    out.push_with(|| KeyValue::new(NET_PEER_NAME, addr.clone()));
                     if let Some(port) = self.server_port {
-                        out.push_kv(KeyValue::new(NET_PEER_PORT, port));
+                        out.push_with(|| KeyValue::new(NET_PEER_PORT, port));
                     }
                 }
             }
             Side::Server => {
                 if let Some(peer) = &self.peer {
-                    out.push_kv(KeyValue::new(NET_PEER_NAME, peer_ip(peer)));
-                    out.push_kv(KeyValue::new(NET_PEER_PORT, i64::from(peer.port())));
+                    out.push_with(|| KeyValue::new(NET_PEER_NAME, peer_ip(peer)));
+                    out.push_with(|| KeyValue::new(NET_PEER_PORT, i64::from(peer.port())));
                 }
             }
         }
@@ -359,12 +344,12 @@ impl Facts<'_> {
                 }
             }
             if let (Side::Server, Some(peer)) = (self.side, &self.peer) {
-                out.push_kv(KeyValue::new(NETWORK_PEER_ADDRESS, peer_ip(peer)));
-                out.push_kv(KeyValue::new(NETWORK_PEER_PORT, i64::from(peer.port())));
+                out.push_with(|| KeyValue::new(NETWORK_PEER_ADDRESS, peer_ip(peer)));
+                out.push_with(|| KeyValue::new(NETWORK_PEER_PORT, i64::from(peer.port())));
             }
         }
         if self.mode.legacy() {
-            out.push_kv(KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
+            out.push_with(|| KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
             if self.legacy_method_at_start() {
                 self.legacy_method_names(false, out);
             }
@@ -386,9 +371,9 @@ impl Facts<'_> {
         } else {
             (self.legacy_service(), self.legacy_method())
         };
-        out.push_kv(KeyValue::new(RPC_SERVICE, service));
+        out.push_with(|| KeyValue::new(RPC_SERVICE, service));
         if !self.mode.stable() {
-            out.push_kv(KeyValue::new(RPC_METHOD, method));
+            out.push_with(|| KeyValue::new(RPC_METHOD, method));
         }
     }
 
@@ -396,7 +381,7 @@ impl Facts<'_> {
     fn stable_method(&self, out: &mut impl AttrSink) {
         out.push_with(|| KeyValue::new(RPC_METHOD, self.stable_method_value()));
         if self.method.other {
-            out.push_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
+            out.push_with(|| KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
         }
     }
 
@@ -405,8 +390,8 @@ impl Facts<'_> {
     pub fn end_attributes(&self, ending: &Ending, rename: Rename, out: &mut impl AttrSink) {
         if self.mode.stable() {
             if rename.stable {
-                out.push_kv(KeyValue::new(RPC_METHOD, OTHER));
-                out.push_kv(KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
+                out.push_with(|| KeyValue::new(RPC_METHOD, OTHER));
+                out.push_with(|| KeyValue::new(RPC_METHOD_ORIGINAL, self.method.full.clone()));
             } else if !self.method_final {
                 self.stable_method(out);
             }
@@ -418,7 +403,7 @@ impl Facts<'_> {
             }
             self.legacy_status(ending, out);
             if ending.not_modified {
-                out.push_kv(KeyValue::new(HTTP_STATUS_CODE, 304i64));
+                out.push_with(|| KeyValue::new(HTTP_STATUS_CODE, 304i64));
             }
         }
     }
@@ -440,49 +425,49 @@ impl Facts<'_> {
 
     fn legacy_status(&self, ending: &Ending, out: &mut impl AttrSink) {
         match (self.system, ending.code) {
-            (RpcSystem::Grpc, Some(code)) => out.push_kv(KeyValue::new(
-                RPC_GRPC_STATUS_CODE,
-                i64::from(code.as_i32()),
-            )),
-            (RpcSystem::ConnectRpc, Some(code)) if code != Code::Ok => out.push_kv(KeyValue::new(
-                RPC_CONNECT_RPC_ERROR_CODE,
-                code.connect_name(),
-            )),
+            (RpcSystem::Grpc, Some(code)) => {
+                out.push_with(|| KeyValue::new(RPC_GRPC_STATUS_CODE, i64::from(code.as_i32())))
+            }
+            (RpcSystem::ConnectRpc, Some(code)) if code != Code::Ok => {
+                out.push_with(|| KeyValue::new(RPC_CONNECT_RPC_ERROR_CODE, code.connect_name()))
+            }
             _ => {}
         }
     }
 
     /// Attributes of the stable duration metric (final method, no peer).
     pub fn stable_metric_attributes(&self, ending: &Ending, other: bool, out: &mut impl AttrSink) {
-        out.push_kv(KeyValue::new(RPC_SYSTEM_NAME, self.system.name()));
-        out.push_kv(KeyValue::new(
-            RPC_METHOD,
-            if other {
-                StringValue::from(OTHER)
-            } else {
-                self.method.full.clone()
-            },
-        ));
+        out.push_with(|| KeyValue::new(RPC_SYSTEM_NAME, self.system.name()));
+        out.push_with(|| {
+            KeyValue::new(
+                RPC_METHOD,
+                if other {
+                    StringValue::from(OTHER)
+                } else {
+                    self.method.full.clone()
+                },
+            )
+        });
         self.stable_status(ending, out);
         if self.side == Side::Client
             && let Some(addr) = self.server_address
         {
-            out.push_kv(KeyValue::new(SERVER_ADDRESS, addr.clone()));
+            out.push_with(|| KeyValue::new(SERVER_ADDRESS, addr.clone()));
             if let Some(port) = self.server_port {
-                out.push_kv(KeyValue::new(SERVER_PORT, port));
+                out.push_with(|| KeyValue::new(SERVER_PORT, port));
             }
         }
     }
 
     /// Base attributes of the legacy metrics (the span's legacy attributes).
     pub fn legacy_metric_base(&self, other: bool, out: &mut impl AttrSink) {
-        out.push_kv(KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
+        out.push_with(|| KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
         if other {
-            out.push_kv(KeyValue::new(RPC_SERVICE, OTHER));
-            out.push_kv(KeyValue::new(RPC_METHOD, OTHER));
+            out.push_with(|| KeyValue::new(RPC_SERVICE, OTHER));
+            out.push_with(|| KeyValue::new(RPC_METHOD, OTHER));
         } else {
-            out.push_kv(KeyValue::new(RPC_SERVICE, self.method.service.clone()));
-            out.push_kv(KeyValue::new(RPC_METHOD, self.method.short.clone()));
+            out.push_with(|| KeyValue::new(RPC_SERVICE, self.method.service.clone()));
+            out.push_with(|| KeyValue::new(RPC_METHOD, self.method.short.clone()));
         }
         self.legacy_peer(out);
     }
