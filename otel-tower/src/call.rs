@@ -182,9 +182,7 @@ fn authority_host_port(parts: &http::request::Parts) -> Option<(StringValue, Opt
     if let Some(authority) = parts.uri.authority() {
         return host_port(authority);
     }
-    let parsed = parts
-        .headers
-        .get(http::header::HOST)?
+    let parsed = crate::wire::headers::get(&parts.headers, &http::header::HOST)?
         .to_str()
         .ok()?
         .parse::<http::uri::Authority>()
@@ -215,11 +213,11 @@ pub(crate) fn truncate(mut s: String, max: usize) -> String {
 }
 
 fn header_ending(headers: &HeaderMap) -> Option<Ending> {
-    let status = headers.get(crate::wire::names::GRPC_STATUS)?;
+    let status = crate::wire::headers::get(headers, &crate::wire::names::GRPC_STATUS)?;
     let code = Code::from_grpc_status(status.as_bytes()).unwrap_or(Code::Unknown);
     // Only an error's message is reported.
     let message = (code != Code::Ok)
-        .then(|| headers.get(crate::wire::names::GRPC_MESSAGE))
+        .then(|| crate::wire::headers::get(headers, &crate::wire::names::GRPC_MESSAGE))
         .flatten()
         .map(|m| truncate(decode_grpc_message(m.as_bytes()), MAX_STATUS_MESSAGE))
         .filter(|m| !m.is_empty());
@@ -490,11 +488,13 @@ impl Call {
         }
         let encoding = match self.protocol {
             Protocol::ConnectUnary | Protocol::ConnectGet => {
-                headers.get(http::header::CONTENT_ENCODING)
+                crate::wire::headers::get(headers, &http::header::CONTENT_ENCODING)
             }
-            Protocol::ConnectStream => headers.get(crate::wire::names::CONNECT_CONTENT_ENCODING),
+            Protocol::ConnectStream => {
+                crate::wire::headers::get(headers, &crate::wire::names::CONNECT_CONTENT_ENCODING)
+            }
             Protocol::GrpcWeb | Protocol::GrpcWebText => {
-                headers.get(crate::wire::names::GRPC_ENCODING)
+                crate::wire::headers::get(headers, &crate::wire::names::GRPC_ENCODING)
             }
             Protocol::Grpc => None,
         };

@@ -66,8 +66,7 @@ impl<S> std::fmt::Debug for ServerService<S> {
 /// claim of more than 4 GiB is ignored rather than recorded (it would
 /// overflow a histogram's sum in a few calls).
 pub(crate) fn content_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)?
+    crate::wire::headers::get(headers, &http::header::CONTENT_LENGTH)?
         .to_str()
         .ok()?
         .parse::<u32>()

@@ -1260,6 +1260,15 @@ fn main() {
     // The one peer that can only use globals gets the same SDK through them.
     opentelemetry::global::set_tracer_provider(sdk.tracer_provider.clone());
     opentelemetry::global::set_meter_provider(sdk.meter_provider.clone());
+    // `--global-propagator`: the W3C propagator a tonic-tracing-opentelemetry
+    // service installs (its layers extract and inject only through the
+    // global; without one they propagate nothing). Our layers built with
+    // `with_propagator` ignore the global; the "default propagator" rows
+    // then use it, as such a service's would.
+    let global_propagator = std::env::args().any(|a| a == "--global-propagator");
+    if global_propagator {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    }
 
     println!(
         "otel-tower RPC benchmark: {} rounds x {} calls, fastest round per contender; {} cores",
@@ -1275,6 +1284,15 @@ fn main() {
             "on (successful calls record through bound histograms)"
         } else {
             "off (the default)"
+        }
+    );
+
+    println!(
+        "global propagator: {}",
+        if global_propagator {
+            "W3C Trace Context (the peers that read the global extract and inject)"
+        } else {
+            "none (the peers that read the global propagate nothing)"
         }
     );
 

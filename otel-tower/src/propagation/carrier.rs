@@ -21,7 +21,7 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        crate::wire::headers::get_named(self.0, key).and_then(|v| v.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -29,13 +29,11 @@ impl Extractor for HeaderExtractor<'_> {
     }
 
     fn get_all(&self, key: &str) -> Option<Vec<&str>> {
-        let mut values = self.0.get_all(key).iter().peekable();
-        values.peek()?;
-        Some(
-            values
-                .map(|v| v.to_str().unwrap_or(NOT_VISIBLE_ASCII))
-                .collect(),
-        )
+        let mut values = Vec::new();
+        crate::wire::headers::each_named(self.0, key, |v| {
+            values.push(v.to_str().unwrap_or(NOT_VISIBLE_ASCII));
+        });
+        (!values.is_empty()).then_some(values)
     }
 }
 

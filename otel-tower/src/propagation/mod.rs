@@ -408,9 +408,7 @@ impl<'a> Source<'a> for &'a dyn Extractor {
 
 impl<'a> Source<'a> for &'a http::HeaderMap {
     fn each(&self, name: &http::HeaderName, f: &mut dyn FnMut(&'a [u8])) {
-        for v in self.get_all(name) {
-            f(v.as_bytes());
-        }
+        crate::wire::headers::each(self, name, |v| f(v.as_bytes()));
     }
 }
 

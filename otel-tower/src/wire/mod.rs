@@ -8,6 +8,7 @@ pub mod code;
 pub mod connect_error;
 pub mod envelope;
 pub mod grpc_web;
+pub(crate) mod headers;
 pub mod protocol;
 pub mod timeout;
 

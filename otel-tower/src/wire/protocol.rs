@@ -70,7 +70,7 @@ impl Protocol {
         if method == Method::GET {
             return is_connect_get(uri).then_some(Protocol::ConnectGet);
         }
-        let content_type = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+        let content_type = super::headers::get(headers, &http::header::CONTENT_TYPE)?.as_bytes();
         // What gRPC clients and servers send on nearly every call, matched
         // whole before the general parse (parameters, case, whitespace).
         if content_type == b"application/grpc" || content_type == b"application/grpc+proto" {
@@ -100,8 +100,7 @@ impl Protocol {
             if media == b"application/proto" || media == b"application/json" {
                 return Some(Protocol::ConnectUnary);
             }
-            let versioned = headers
-                .get(super::names::CONNECT_PROTOCOL_VERSION)
+            let versioned = super::headers::get(headers, &super::names::CONNECT_PROTOCOL_VERSION)
                 .is_some_and(|v| v.as_bytes().trim_ascii() == b"1");
             let codec = media.strip_prefix(b"application/").unwrap_or_default();
             (versioned && !codec.is_empty()).then_some(Protocol::ConnectUnary)

@@ -39,12 +39,10 @@ pub fn request_timeout(
     protocol: super::Protocol,
 ) -> Option<std::time::Duration> {
     if protocol.is_grpc() {
-        headers
-            .get(super::names::GRPC_TIMEOUT)
+        super::headers::get(headers, &super::names::GRPC_TIMEOUT)
             .and_then(|v| parse_grpc_timeout(v.as_bytes()))
     } else {
-        headers
-            .get(super::names::CONNECT_TIMEOUT_MS)
+        super::headers::get(headers, &super::names::CONNECT_TIMEOUT_MS)
             .and_then(|v| parse_connect_timeout(v.as_bytes()))
     }
 }
