@@ -21,7 +21,7 @@ pub struct HeaderExtractor<'a>(pub &'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        crate::wire::headers::get_named(self.0, key).and_then(|v| v.to_str().ok())
+        crate::wire::headers::get(self.0, key).and_then(|v| v.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -30,7 +30,7 @@ impl Extractor for HeaderExtractor<'_> {
 
     fn get_all(&self, key: &str) -> Option<Vec<&str>> {
         let mut values = Vec::new();
-        crate::wire::headers::each_named(self.0, key, |v| {
+        crate::wire::headers::each(self.0, key, |v| {
             values.push(v.to_str().unwrap_or(NOT_VISIBLE_ASCII));
         });
         (!values.is_empty()).then_some(values)
