@@ -1598,45 +1598,6 @@ fn from_env_value_order_decides_which_valid_result_wins() {
     assert_eq!(got.trace_id().to_string(), T2);
 }
 
-/// A `tracing` subscriber that counts WARN events, installed per thread.
-struct WarnCounter(std::sync::Arc<std::sync::atomic::AtomicUsize>);
-
-impl tracing::Subscriber for WarnCounter {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        if *event.metadata().level() == tracing::Level::WARN {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-#[test]
-fn from_env_value_warns_once_for_unknown_names() {
-    let count = |value: &str| {
-        let warnings = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        tracing::subscriber::with_default(WarnCounter(warnings.clone()), || {
-            // Another test's thread may have cached the warning's callsite
-            // as uninteresting while no subscriber was set.
-            tracing::callsite::rebuild_interest_cache();
-            let _ = from_env_value(Some(value));
-        });
-        warnings.load(std::sync::atomic::Ordering::SeqCst)
-    };
-    assert_eq!(count("jaeger,xray,ottrace,tracecontxt,b3"), 1);
-    assert_eq!(count("jaeger"), 1);
-    assert_eq!(count("tracecontext,baggage,b3,b3multi,none"), 0);
-    assert_eq!(count("B3,b3"), 0);
-}
-
 // ---------------------------------------------------------------------------
 // HPACK: per-request ids are never indexed
 
