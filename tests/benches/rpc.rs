@@ -540,7 +540,7 @@ impl hello::greeter_server::Greeter for Greeter {
 type CallFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// One end-to-end contender: its own runtime, a tonic server on 127.0.0.1
-/// and a client, both with the contender's layers.
+/// and clients, all with the contender's layers.
 struct E2e {
     name: &'static str,
     runtime: tokio::runtime::Runtime,
@@ -560,8 +560,8 @@ const IN_FLIGHT: usize = 64;
 /// here): each call waits on the two connection tasks in turn, so calls/s
 /// measures how those tasks happen to be scheduled, and adjacent rounds of
 /// the same contender differed by 10-20%. Over four, the cores are busy
-/// (about 1.9), calls/s measures the CPU each call costs, and the best round
-/// and the median ratio agree within a few points.
+/// (about 1.9), calls/s measures the CPU each call costs, and in a quiet
+/// stretch the best round and the median ratio agree within a few points.
 const CONNECTIONS: usize = 4;
 
 /// A runtime with `workers` worker threads (each with `dispatch` as its
