@@ -539,6 +539,24 @@ impl hello::greeter_server::Greeter for Greeter {
 /// One end-to-end call, to completion.
 type CallFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// Gives each request a `traceparent` of its own, as a client layer sends
+/// it (a fresh span id, marked sensitive so HTTP/2 sends it as a
+/// never-indexed literal), and nothing else: what propagation alone costs
+/// on the wire, with no instrumentation on either side.
+fn with_traceparent<B>(mut req: http::Request<B>) -> http::Request<B> {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    let mut value = *b"00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01";
+    for (i, digit) in value[36..52].iter_mut().enumerate() {
+        *digit = DIGITS[((id >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    let mut value = HeaderValue::from_bytes(&value).expect("hex digits and dashes");
+    value.set_sensitive(true);
+    req.headers_mut().insert("traceparent", value);
+    req
+}
+
 /// One end-to-end contender: its own runtime, a tonic server on 127.0.0.1
 /// and clients, all with the contender's layers.
 struct E2e {
@@ -551,6 +569,9 @@ struct E2e {
     rounds: Vec<f64>,
     /// Calls per CPU-second of the process in each round.
     cpu_rounds: Vec<f64>,
+    /// Calls completed so far, warm-up included (for instruction counts:
+    /// see `print_call_counts`).
+    calls: Arc<AtomicU64>,
 }
 
 const IN_FLIGHT: usize = 64;
@@ -614,8 +635,11 @@ macro_rules! e2e_contender {
                 })
             })
             .collect();
+        let calls = Arc::new(AtomicU64::new(0));
+        let counter = calls.clone();
         let call = Arc::new(move |i: usize| {
             let mut client = clients[i % clients.len()].clone();
+            let counter = counter.clone();
             Box::pin(async move {
                 let reply = client
                     .say_hello(hello::HelloRequest {
@@ -623,6 +647,7 @@ macro_rules! e2e_contender {
                     })
                     .await;
                 black_box(reply.is_ok());
+                counter.fetch_add(1, Ordering::Relaxed);
             }) as CallFuture
         });
         E2e {
@@ -631,6 +656,7 @@ macro_rules! e2e_contender {
             call,
             rounds: Vec::new(),
             cpu_rounds: Vec::new(),
+            calls,
         }
     }};
 }
@@ -753,6 +779,23 @@ fn rate_table(
     out
 }
 
+/// A propagator that neither extracts nor injects anything.
+fn no_propagation() -> opentelemetry::propagation::TextMapCompositePropagator {
+    opentelemetry::propagation::TextMapCompositePropagator::new(Vec::new())
+}
+
+/// Prints how many calls each contender completed, warm-up included. Under
+/// callgrind, two runs of `--e2e-only --solo NAME` with different
+/// `--rounds` give a contender's instructions per call, both ends together,
+/// free of this machine's timing noise: the difference of the instruction
+/// totals over the difference of these counts.
+fn print_call_counts(contenders: &[E2e]) {
+    println!("\ncalls completed, warm-up included (for instruction counts):");
+    for c in contenders {
+        println!("- {}: {}", c.name, c.calls.load(Ordering::Relaxed));
+    }
+}
+
 /// Runs the loopback contenders; returns each one's best and median ratio
 /// to bare.
 fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str, f64, f64)> {
@@ -810,6 +853,22 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str
             None
         ),
         e2e_contender!(
+            "bare + a traceparent per call (no instrumentation)",
+            tower::layer::util::Identity::new(),
+            tower::util::MapRequestLayer::new(with_traceparent::<tonic::body::Body>),
+            None
+        ),
+        e2e_contender!(
+            "otel-tower, no propagation",
+            ours.clone()
+                .with_propagator(no_propagation())
+                .server_layer(),
+            ours.clone()
+                .with_propagator(no_propagation())
+                .client_layer(),
+            None
+        ),
+        e2e_contender!(
             "tonic-tracing-opentelemetry 0.42",
             tonic_tracing_opentelemetry::middleware::server::OtelGrpcLayer::default(),
             tonic_tracing_opentelemetry::middleware::client::OtelGrpcLayer,
@@ -830,6 +889,7 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str
             c.cpu_rounds.push(per_cpu);
         }
     }
+    print_call_counts(&contenders);
     let rows: Vec<(&'static str, &[f64])> =
         contenders.iter().map(|c| (c.name, &c.rounds[..])).collect();
     let wall = rate_table(
@@ -1607,10 +1667,22 @@ impl Targets {
                         100.0 * median
                     )
                 });
+            // What the propagation header alone costs, with no layer at all.
+            let header = self
+                .e2e
+                .iter()
+                .find(|(name, ..)| name.starts_with("bare + a traceparent"))
+                .map_or(String::new(), |&(_, best, median)| {
+                    format!(
+                        "; a traceparent alone: {:.1}%, {:.1}%",
+                        100.0 * best,
+                        100.0 * median
+                    )
+                });
             self.row(
                 "end to end >= 95% of bare",
                 format!(
-                    "{:.1}% best round, {:.1}% median ratio{noise}",
+                    "{:.1}% best round, {:.1}% median ratio{noise}{header}",
                     100.0 * best,
                     100.0 * median
                 ),
