@@ -1655,30 +1655,19 @@ impl Targets {
             .iter()
             .find(|(name, ..)| name.starts_with("otel-tower (server"))
         {
+            // Another contender's best round and median ratio, labelled.
+            let beside = |prefix: &str, label: &str| {
+                self.e2e
+                    .iter()
+                    .find(|(name, ..)| name.starts_with(prefix))
+                    .map_or(String::new(), |&(_, best, median)| {
+                        format!("{label}: {:.1}%, {:.1}%", 100.0 * best, 100.0 * median)
+                    })
+            };
             // Two identical contenders land this far apart in this run.
-            let noise = self
-                .e2e
-                .iter()
-                .find(|(name, ..)| name.starts_with("bare again"))
-                .map_or(String::new(), |&(_, best, median)| {
-                    format!(
-                        " (bare again: {:.1}%, {:.1}%)",
-                        100.0 * best,
-                        100.0 * median
-                    )
-                });
+            let noise = beside("bare again", "; bare again");
             // What the propagation header alone costs, with no layer at all.
-            let header = self
-                .e2e
-                .iter()
-                .find(|(name, ..)| name.starts_with("bare + a traceparent"))
-                .map_or(String::new(), |&(_, best, median)| {
-                    format!(
-                        "; a traceparent alone: {:.1}%, {:.1}%",
-                        100.0 * best,
-                        100.0 * median
-                    )
-                });
+            let header = beside("bare + a traceparent", "; a traceparent alone");
             self.row(
                 "end to end >= 95% of bare",
                 format!(
