@@ -571,7 +571,7 @@ struct E2e {
     cpu_rounds: Vec<f64>,
     /// Calls completed so far, warm-up included (for instruction counts:
     /// see `print_call_counts`).
-    calls: Arc<AtomicU64>,
+    calls: u64,
 }
 
 const IN_FLIGHT: usize = 64;
@@ -635,11 +635,8 @@ macro_rules! e2e_contender {
                 })
             })
             .collect();
-        let calls = Arc::new(AtomicU64::new(0));
-        let counter = calls.clone();
         let call = Arc::new(move |i: usize| {
             let mut client = clients[i % clients.len()].clone();
-            let counter = counter.clone();
             Box::pin(async move {
                 let reply = client
                     .say_hello(hello::HelloRequest {
@@ -647,7 +644,6 @@ macro_rules! e2e_contender {
                     })
                     .await;
                 black_box(reply.is_ok());
-                counter.fetch_add(1, Ordering::Relaxed);
             }) as CallFuture
         });
         E2e {
@@ -656,7 +652,7 @@ macro_rules! e2e_contender {
             call,
             rounds: Vec::new(),
             cpu_rounds: Vec::new(),
-            calls,
+            calls: 0,
         }
     }};
 }
@@ -681,8 +677,9 @@ fn process_cpu_time() -> Option<Duration> {
 
 /// With IN_FLIGHT calls always outstanding for `duration`: calls per
 /// second, and calls per CPU-second of the whole process (client and
-/// server; NaN where the CPU time cannot be read).
-fn e2e_round(c: &E2e, duration: Duration) -> (f64, f64) {
+/// server; NaN where the CPU time cannot be read). Adds the calls made to
+/// `c.calls`.
+fn e2e_round(c: &mut E2e, duration: Duration) -> (f64, f64) {
     let call = c.call.clone();
     let cpu = process_cpu_time();
     let out = c.runtime.block_on(async move {
@@ -703,8 +700,10 @@ fn e2e_round(c: &E2e, duration: Duration) -> (f64, f64) {
         for w in workers {
             w.await.unwrap();
         }
-        done.load(Ordering::Relaxed) as f64
+        done.load(Ordering::Relaxed)
     });
+    c.calls += out;
+    let out = out as f64;
     let per_cpu = match (cpu, process_cpu_time()) {
         (Some(before), Some(after)) => out / (after - before).as_secs_f64(),
         _ => f64::NAN,
@@ -792,7 +791,7 @@ fn no_propagation() -> opentelemetry::propagation::TextMapCompositePropagator {
 fn print_call_counts(contenders: &[E2e]) {
     println!("\ncalls completed, warm-up included (for instruction counts):");
     for c in contenders {
-        println!("- {}: {}", c.name, c.calls.load(Ordering::Relaxed));
+        println!("- {}: {}", c.name, c.calls);
     }
 }
 
@@ -879,7 +878,7 @@ fn end_to_end(sdk: &Sdk, rounds: usize, duration: Duration) -> Vec<(&'static str
     if contenders.is_empty() {
         return Vec::new();
     }
-    for c in &contenders {
+    for c in contenders.iter_mut() {
         e2e_round(c, Duration::from_millis(200)); // warm up
     }
     for _ in 0..rounds {
