@@ -262,16 +262,18 @@ async fn unsampled_calls_still_parent_the_handler_and_propagate() {
     let t = Telemetry::new();
     let otel = t.instrumentation().with_tracer_provider(provider);
 
-    // Downstream, uninstrumented: records the traceparent it receives.
+    // Downstream, uninstrumented: records the trace context headers it receives.
     let received = Arc::new(std::sync::Mutex::new(None));
     let received2 = received.clone();
     let downstream = serve(
         tower::layer::util::Identity::new(),
         Arc::new(move |req| {
-            *received2.lock().unwrap() = req
-                .headers()
-                .get("traceparent")
-                .map(|v| v.to_str().unwrap().to_string());
+            let header = |name| {
+                req.headers()
+                    .get(name)
+                    .map(|v: &http::HeaderValue| v.to_str().unwrap().to_string())
+            };
+            *received2.lock().unwrap() = Some((header("traceparent"), header("tracestate")));
             grpc_ok_response(&[])
         }),
     )
@@ -312,6 +314,9 @@ async fn unsampled_calls_still_parent_the_handler_and_propagate() {
         "traceparent",
         format!("00-{trace_id}-{caller_span}-00").parse().unwrap(),
     );
+    request
+        .headers_mut()
+        .insert("tracestate", "vendor=opaque".parse().unwrap());
     let response = h2_client().oneshot(request).await.unwrap();
     let (head, _, _) = read_all(response).await;
     assert_eq!(head.status, 200);
@@ -329,7 +334,13 @@ async fn unsampled_calls_still_parent_the_handler_and_propagate() {
     assert!(!recording);
     assert_eq!(in_extensions, current, "the extensions carry the same span");
 
-    let traceparent = received.lock().unwrap().clone().expect("propagated");
+    let (traceparent, tracestate) = received.lock().unwrap().clone().expect("called");
+    let traceparent = traceparent.expect("propagated");
+    assert_eq!(
+        tracestate.as_deref(),
+        Some("vendor=opaque"),
+        "the caller's tracestate travels on with the unsampled trace"
+    );
     let parts: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(parts[1], trace_id);
     assert_ne!(parts[2], caller_span);
