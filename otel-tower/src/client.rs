@@ -10,6 +10,7 @@ use tower_service::Service;
 use crate::body::{Current, ResponseBody, ResponseFuture};
 use crate::call::{Begin, Call, fail_on_panic};
 use crate::instrumentation::Config;
+use crate::propagation::B3Decision;
 use crate::request::RpcRequest;
 use crate::semconv::Side;
 use crate::server::content_length;
@@ -91,7 +92,13 @@ where
         let system = config.rpc_system.unwrap_or(protocol.system());
         let view = RpcRequest::new(&parts, protocol, system, &method, Side::Client);
         let instrumented = config.filter.as_ref().is_none_or(|f| f(&view));
-        let tracer = config.tracer.as_deref().filter(|_| instrumented);
+        // A caller's B3 "do not sample" without ids, which the server layer
+        // honoured with no span, holds for the calls its handler makes too:
+        // a span here would start a new sampled trace one hop later.
+        let tracer = config
+            .tracer
+            .as_deref()
+            .filter(|_| instrumented && !B3Decision::declines(&parent));
         let metered = instrumented && config.client_instruments.is_some();
         if tracer.is_none() && !metered {
             config.propagator.inject(&parent, &mut parts.headers, start);

@@ -140,8 +140,7 @@ where
         }
 
         // A B3 "do not sample" without ids is honoured: no span, metrics only.
-        let b3_declined = !parent.span().span_context().is_valid()
-            && parent.get::<B3Decision>() == Some(&B3Decision::NotSampled);
+        let b3_declined = B3Decision::declines(&parent);
         let peer = if config.server_peer_attributes {
             (config.peer_addr_fn)(&parts.extensions)
         } else {

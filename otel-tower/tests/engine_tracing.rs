@@ -429,3 +429,146 @@ async fn custom_propagator_injects_the_client_span_and_the_callers_baggage() {
     );
     assert_eq!(tenant.as_deref(), Some("acme"));
 }
+
+/// A downstream service, uninstrumented, that records the propagation
+/// headers of each request it receives (sorted `name: value` lines).
+async fn recording_downstream() -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<Vec<String>>>>,
+) {
+    let received: Arc<std::sync::Mutex<Vec<Vec<String>>>> = Arc::default();
+    let received2 = received.clone();
+    let addr = serve(
+        tower::layer::util::Identity::new(),
+        Arc::new(move |req| {
+            let mut headers: Vec<String> = req
+                .headers()
+                .iter()
+                .filter(|(name, _)| {
+                    let name = name.as_str();
+                    name == "b3" || name.starts_with("x-b3-") || name.starts_with("trace")
+                })
+                .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+                .collect();
+            headers.sort();
+            received2.lock().unwrap().push(headers);
+            grpc_ok_response(&[])
+        }),
+    )
+    .await;
+    (addr, received)
+}
+
+/// A caller's B3 "do not sample" without ids (`b3: 0`) holds for the calls
+/// the handler makes: as the server records no span for the call, the
+/// client layer records none for the outgoing call and sends no ids (a
+/// span there would start a new, sampled trace one hop later). Metrics are
+/// recorded on both sides. `b3: 1` alone, by contrast, lets the sampler
+/// decide: both spans, and the client span's ids go downstream.
+#[tokio::test]
+async fn b3_do_not_sample_without_ids_holds_for_outgoing_calls() {
+    let t = Telemetry::new();
+    let otel = t
+        .instrumentation()
+        .with_propagator(otel_tower::propagation::B3::single());
+    let (downstream, received) = recording_downstream().await;
+    let client_layer = otel.client_layer();
+    let handler = tower::service_fn(move |_req: Request<hyper::body::Incoming>| {
+        let client_layer = client_layer.clone();
+        async move {
+            call_backend(client_layer, downstream).await;
+            empty_grpc_response()
+        }
+    });
+    let svc = ServiceBuilder::new()
+        .layer(otel.server_layer())
+        .service(handler);
+    let frontend = serve_one_connection(svc).await;
+    let client = h2_client();
+
+    for (b3, spans) in [("0", 0), ("1", 2)] {
+        t.spans.reset();
+        received.lock().unwrap().clear();
+        let mut request = grpc_request(frontend, "/frontend.Svc/Call", "application/grpc");
+        request.headers_mut().insert("b3", b3.parse().unwrap());
+        let response = client.clone().oneshot(request).await.unwrap();
+        let (head, _, _) = read_all(response).await;
+        assert_eq!(head.status, 200);
+        let finished = if spans == 0 {
+            t.finished_spans()
+        } else {
+            t.wait_spans(spans).await
+        };
+        assert_eq!(finished.len(), spans, "b3: {b3}");
+        let received = received.lock().unwrap().clone();
+        assert_eq!(received.len(), 1, "one downstream call");
+        if spans == 0 {
+            assert_eq!(received[0], Vec::<String>::new(), "no ids sent onward");
+        } else {
+            let client = t.span(SpanKind::Client);
+            let server = t.span(SpanKind::Server);
+            assert_eq!(client.parent_span_id, server.span_context.span_id());
+            assert_eq!(
+                received[0],
+                [format!(
+                    "b3: {}-{}-1",
+                    client.span_context.trace_id(),
+                    client.span_context.span_id()
+                )]
+            );
+        }
+    }
+    for name in ["rpc.server.call.duration", "rpc.client.call.duration"] {
+        let calls: u64 = t.histogram(name).iter().map(|p| p.count).sum();
+        assert_eq!(calls, 2, "{name}: metrics for both calls");
+    }
+}
+
+/// The client layer's propagation headers replace every one of their kind
+/// the request already had: a `tracestate` or B3 header of another trace
+/// (a forwarded request's) does not travel beside the client span's ids.
+#[tokio::test]
+async fn client_propagation_replaces_stale_headers() {
+    let t = Telemetry::new();
+    let otel = t
+        .instrumentation()
+        .with_propagator(otel_tower::propagation::from_env_value(Some(
+            "tracecontext,b3multi",
+        )));
+    let (downstream, received) = recording_downstream().await;
+    let mut request = grpc_request(downstream, "/backend.Svc/Get", "application/grpc");
+    for (name, value) in [
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+        ("tracestate", "stale=1"),
+        ("b3", "0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-d"),
+        ("x-b3-parentspanid", "b7ad6b7169203331"),
+        ("x-b3-flags", "1"),
+        ("x-b3-sampled", "1"),
+    ] {
+        request.headers_mut().append(name, value.parse().unwrap());
+    }
+    request
+        .headers_mut()
+        .insert("x-application", "kept".parse().unwrap());
+    let response = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h2_client())
+        .oneshot(request)
+        .await
+        .unwrap();
+    let _ = response.into_body().collect().await;
+    let span = t.wait_spans(1).await.remove(0).span_context;
+    let (trace, id) = (span.trace_id(), span.span_id());
+    assert_eq!(
+        received.lock().unwrap().clone(),
+        [vec![
+            format!("traceparent: 00-{trace}-{id}-01"),
+            "x-b3-sampled: 1".to_string(),
+            format!("x-b3-spanid: {id}"),
+            format!("x-b3-traceid: {trace}"),
+        ]]
+    );
+}

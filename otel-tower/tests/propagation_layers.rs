@@ -350,3 +350,118 @@ async fn extract_layer_ignores_malformed_headers() {
     })
     .await;
 }
+
+/// Headers a propagator writes replace all of its own the request already
+/// had: a `tracestate`, `b3` or `x-b3-*` header left from another trace
+/// (a forwarded request, a second injector) is not sent beside the new
+/// ones, while headers of other propagators and of the application stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_headers_replace_stale_ones_of_their_propagator() {
+    // Another trace's headers, in both B3 encodings and W3C.
+    fn stale(req: &mut Request<Full<Bytes>>) {
+        let headers = req.headers_mut();
+        for (name, value) in [
+            ("traceparent", format!("00-{T2}-{S2}-01")),
+            ("tracestate", "stale=1".to_string()),
+            ("b3", format!("{T2}-{S2}-d")),
+            ("x-b3-traceid", T2.to_string()),
+            ("x-b3-spanid", S2.to_string()),
+            ("x-b3-parentspanid", S2.to_string()),
+            ("x-b3-flags", "1".to_string()),
+        ] {
+            headers.append(name, value.parse().unwrap());
+        }
+    }
+    let names = |seen: &Seen, prefixes: &[&str]| -> Vec<String> {
+        seen.headers
+            .iter()
+            .filter(|h| prefixes.iter().any(|p| h.starts_with(p)))
+            .cloned()
+            .collect()
+    };
+    let b3_and_w3c = ["b3:", "x-b3-", "traceparent:", "tracestate:"];
+    with_limit(async {
+        // The server only reports what it received.
+        let (addr, server) = start_server(ExtractLayer::new(CompositePropagator::w3c())).await;
+        let cases: Vec<(InjectLayer, Context, Vec<String>)> = vec![
+            (
+                // W3C, no trace state to send: the stale one goes; the B3
+                // headers are not W3C's to touch.
+                InjectLayer::new(TraceContext::new()),
+                remote_context(T, S, 0x01, &[]),
+                vec![
+                    format!("b3: {T2}-{S2}-d"),
+                    format!("traceparent: 00-{T}-{S}-01"),
+                    "x-b3-flags: 1".into(),
+                    format!("x-b3-parentspanid: {S2}"),
+                    format!("x-b3-spanid: {S2}"),
+                    format!("x-b3-traceid: {T2}"),
+                ],
+            ),
+            (
+                // W3C with a trace state: it replaces the stale one.
+                InjectLayer::new(TraceContext::new()),
+                remote_context(T, S, 0x00, &[("congo", "t61rcWkgMzE")]),
+                vec![
+                    format!("b3: {T2}-{S2}-d"),
+                    format!("traceparent: 00-{T}-{S}-00"),
+                    "tracestate: congo=t61rcWkgMzE".into(),
+                    "x-b3-flags: 1".into(),
+                    format!("x-b3-parentspanid: {S2}"),
+                    format!("x-b3-spanid: {S2}"),
+                    format!("x-b3-traceid: {T2}"),
+                ],
+            ),
+            (
+                // B3 single: no multi header of the other trace is left
+                // for a reader of that encoding; W3C's stay.
+                InjectLayer::new(B3::single()),
+                remote_context(T, S, 0x00, &[]),
+                vec![
+                    format!("b3: {T}-{S}-0"),
+                    format!("traceparent: 00-{T2}-{S2}-01"),
+                    "tracestate: stale=1".into(),
+                ],
+            ),
+            (
+                // B3 multi: no stale debug flag beside `x-b3-sampled: 0`,
+                // no parent span id, no single header.
+                InjectLayer::new(B3::multi()),
+                remote_context(T, S, 0x00, &[]),
+                vec![
+                    format!("traceparent: 00-{T2}-{S2}-01"),
+                    "tracestate: stale=1".into(),
+                    "x-b3-sampled: 0".into(),
+                    format!("x-b3-spanid: {S}"),
+                    format!("x-b3-traceid: {T}"),
+                ],
+            ),
+        ];
+        for (layer, sent, want) in cases {
+            let mut req = request(addr);
+            stale(&mut req);
+            req.extensions_mut().insert(sent);
+            let seen = read(client_stack(layer).oneshot(req).await.unwrap()).await;
+            assert_eq!(names(&seen, &b3_and_w3c), want);
+            assert!(
+                seen.headers.contains(&"x-custom: kept".to_string()),
+                "{:?}",
+                seen.headers
+            );
+        }
+
+        // With no span context to send, nothing is written and nothing of
+        // the request's own is taken away.
+        let mut req = request(addr);
+        stale(&mut req);
+        req.extensions_mut().insert(Context::new());
+        let layer = InjectLayer::new(CompositePropagator::new(vec![
+            Box::new(TraceContext::new()),
+            Box::new(B3::multi()),
+        ]));
+        let seen = read(client_stack(layer).oneshot(req).await.unwrap()).await;
+        assert_eq!(names(&seen, &b3_and_w3c).len(), 7, "{:?}", seen.headers);
+        server.abort();
+    })
+    .await;
+}

@@ -20,7 +20,8 @@ const FLAGS: &str = "x-b3-flags";
 /// With no ids there is no parent span, so the local sampler decides; the
 /// decision is kept in the extracted [`Context`] for code that wants to honour
 /// it (the `otel-tower` layers do not record a span for
-/// [`B3Decision::NotSampled`]).
+/// [`B3Decision::NotSampled`]: neither the server layer for the call, nor a
+/// client layer for the calls made while that context is current).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum B3Decision {
     /// `0`: the caller asks not to sample.
@@ -29,6 +30,17 @@ pub enum B3Decision {
     Sampled,
     /// `d`: debug, which implies sampled.
     Debug,
+}
+
+impl B3Decision {
+    /// Whether `cx` holds a caller's "do not sample" that came without ids
+    /// and no span to continue: the layers then record no span (metrics
+    /// only), on the server for the call and on the client for the calls
+    /// its handler makes, so the caller's choice holds in this service.
+    pub(crate) fn declines(cx: &Context) -> bool {
+        !cx.span().span_context().is_valid()
+            && cx.get::<B3Decision>() == Some(&B3Decision::NotSampled)
+    }
 }
 
 /// Marks a trace that arrived with the B3 debug flag, so it is sent onward as
@@ -193,7 +205,42 @@ fn extract_multi(extractor: &dyn Extractor) -> Option<Extracted> {
     }
 }
 
+/// Every header B3 reads or writes.
+const ALL_HEADERS: [http::HeaderName; 6] = [
+    http::HeaderName::from_static(B3),
+    http::HeaderName::from_static(TRACE_ID),
+    http::HeaderName::from_static(SPAN_ID),
+    http::HeaderName::from_static("x-b3-parentspanid"),
+    http::HeaderName::from_static(SAMPLED),
+    http::HeaderName::from_static(FLAGS),
+];
+
 impl B3 {
+    /// Injects `sc` into a `HeaderMap` (the layers' path), replacing every
+    /// B3 header the map already had. Those describe another span: left
+    /// beside the new ones, an `x-b3-flags: 1` would turn the call into
+    /// debug, an `x-b3-parentspanid` would name a parent that is not, and a
+    /// reader of the other encoding would continue the other trace.
+    pub(crate) fn inject_into(
+        &self,
+        cx: &Context,
+        sc: &SpanContext,
+        headers: &mut http::HeaderMap,
+    ) {
+        if !sc.is_valid() {
+            return;
+        }
+        let stale = headers
+            .keys()
+            .any(|name| name.as_str() == B3 || name.as_str().starts_with("x-b3-"));
+        if stale {
+            for name in &ALL_HEADERS {
+                headers.remove(name);
+            }
+        }
+        self.inject_span(cx, sc, &mut super::HeaderInjector(headers));
+    }
+
     /// Injects `sc`, with the debug flag taken from `cx`.
     pub(crate) fn inject_span(&self, cx: &Context, sc: &SpanContext, injector: &mut dyn Injector) {
         if !sc.is_valid() {

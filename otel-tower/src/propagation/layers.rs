@@ -10,7 +10,7 @@ use opentelemetry::propagation::TextMapPropagator;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{DefaultPropagator, HeaderExtractor, HeaderInjector, SharedPropagator};
+use super::{DefaultPropagator, HeaderExtractor, Propagation, SharedPropagator};
 
 /// Server side: extracts the caller's context from the request headers, puts
 /// it into the request extensions and makes it the current context while the
@@ -107,10 +107,14 @@ impl<F: Future> Future for ExtractFuture<F> {
 /// Client side: injects the current context (or an
 /// [`opentelemetry::Context`] found in the request extensions) into the
 /// request headers. Nothing else: no span, no metric; other headers are left
-/// alone.
+/// alone. With this crate's propagators (alone, from
+/// [`from_env`](super::from_env) or [`CompositePropagator::w3c`](super::CompositePropagator::w3c)),
+/// the headers a propagator writes replace all of its own the request had
+/// (a `tracestate` or `x-b3-*` header of another trace is not left beside
+/// the new ones), as the [`ClientLayer`](crate::ClientLayer)'s do.
 #[derive(Clone, Debug)]
 pub struct InjectLayer {
-    propagator: SharedPropagator,
+    propagator: Propagation,
 }
 
 impl Default for InjectLayer {
@@ -123,7 +127,7 @@ impl InjectLayer {
     /// Injects with `propagator`.
     pub fn new(propagator: impl TextMapPropagator + Send + Sync + 'static) -> Self {
         InjectLayer {
-            propagator: Arc::new(propagator),
+            propagator: Propagation::new(propagator),
         }
     }
 }
@@ -143,7 +147,7 @@ impl<S> Layer<S> for InjectLayer {
 #[derive(Clone, Debug)]
 pub struct InjectService<S> {
     inner: S,
-    propagator: SharedPropagator,
+    propagator: Propagation,
 }
 
 impl<S, B> Service<http::Request<B>> for InjectService<S>
@@ -160,12 +164,11 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let cx = req.extensions().get::<Context>().cloned();
-        let (parts_headers, propagator) = (req.headers_mut(), &self.propagator);
+        let (headers, propagator) = (req.headers_mut(), &self.propagator);
+        let now = std::time::Instant::now();
         match cx {
-            Some(cx) => propagator.inject_context(&cx, &mut HeaderInjector(parts_headers)),
-            None => Context::map_current(|cx| {
-                propagator.inject_context(cx, &mut HeaderInjector(parts_headers))
-            }),
+            Some(cx) => propagator.inject(&cx, headers, now),
+            None => Context::map_current(|cx| propagator.inject(cx, headers, now)),
         }
         self.inner.call(req)
     }

@@ -522,7 +522,7 @@ fn inject_natives(
         match n {
             Native::TraceContext => trace_context::inject_into(cx, sc, headers),
             Native::Baggage => baggage::inject_to(cx, &mut HeaderInjector(headers)),
-            Native::B3(b3) => b3.inject_span(cx, sc, &mut HeaderInjector(headers)),
+            Native::B3(b3) => b3.inject_into(cx, sc, headers),
         }
     }
 }

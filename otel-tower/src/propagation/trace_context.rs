@@ -178,6 +178,8 @@ fn tracestate(cx: &Context, sc: &SpanContext) -> Option<String> {
 /// Injects straight into a `HeaderMap` (the layers' path: no `String` for
 /// `traceparent`, names parsed once).
 /// `sc` is the span to continue; `cx` supplies the verbatim `tracestate`.
+/// A `traceparent` the map already had is replaced, and its `tracestate`
+/// with it.
 pub(crate) fn inject_into(cx: &Context, sc: &SpanContext, headers: &mut http::HeaderMap) {
     if !sc.is_valid() {
         return;
@@ -187,11 +189,19 @@ pub(crate) fn inject_into(cx: &Context, sc: &SpanContext, headers: &mut http::He
     // a header value; checking them again costs as much as writing them.
     let mut value = unsafe { http::HeaderValue::from_maybe_shared_unchecked(bytes) };
     super::carrier::mark_unique(&mut value);
-    headers.insert(TRACEPARENT_NAME, value);
-    if let Some(state) = tracestate(cx, sc)
-        && let Ok(value) = http::HeaderValue::try_from(state)
-    {
-        headers.insert(TRACESTATE_NAME, value);
+    let replaced = headers.insert(TRACEPARENT_NAME, value).is_some();
+    match tracestate(cx, sc).and_then(|state| http::HeaderValue::try_from(state).ok()) {
+        Some(value) => {
+            headers.insert(TRACESTATE_NAME, value);
+        }
+        // The `tracestate` that came with a replaced `traceparent` belongs
+        // to that other trace: sent beside the new one, it would carry one
+        // trace's vendor state into another. (Asking `insert` costs
+        // nothing; looking the name up on every call would.)
+        None if replaced => {
+            headers.remove(TRACESTATE_NAME);
+        }
+        None => {}
     }
 }
 
