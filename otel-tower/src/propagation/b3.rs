@@ -11,6 +11,8 @@ use super::hex;
 const B3: &str = "b3";
 const TRACE_ID: &str = "x-b3-traceid";
 const SPAN_ID: &str = "x-b3-spanid";
+/// Read only to check it; never sent.
+const PARENT_SPAN_ID: &str = "x-b3-parentspanid";
 const SAMPLED: &str = "x-b3-sampled";
 const FLAGS: &str = "x-b3-flags";
 
@@ -195,7 +197,7 @@ fn extract_multi(extractor: &dyn Extractor) -> Option<Extracted> {
         (Some(t), Some(s)) => {
             let trace_id = parse_trace_id(t.trim())?;
             let span_id = parse_span_id(s.trim())?;
-            if let Some(parent) = extractor.get("x-b3-parentspanid") {
+            if let Some(parent) = extractor.get(PARENT_SPAN_ID) {
                 parse_span_id(parent.trim())?;
             }
             Some(Extracted::Context(trace_id, span_id, decision))
@@ -210,7 +212,7 @@ const ALL_HEADERS: [http::HeaderName; 6] = [
     http::HeaderName::from_static(B3),
     http::HeaderName::from_static(TRACE_ID),
     http::HeaderName::from_static(SPAN_ID),
-    http::HeaderName::from_static("x-b3-parentspanid"),
+    http::HeaderName::from_static(PARENT_SPAN_ID),
     http::HeaderName::from_static(SAMPLED),
     http::HeaderName::from_static(FLAGS),
 ];
