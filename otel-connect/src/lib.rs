@@ -107,6 +107,14 @@
 //! | `WithRPCSystem(sys)` | [`with_rpc_system(RpcSystem::Grpc \| RpcSystem::ConnectRpc)`](Instrumentation::with_rpc_system) | same |
 //! | (semconv v1.21 names) | [`with_semconv(Semconv::Legacy)`](Instrumentation::with_semconv) | the default is the stable v1.45.0 conventions; Legacy reproduces otelconnect-go v0.9.0's span names, attributes, events and ten metrics; `Both` emits both for a migration; or set `OTEL_SEMCONV_STABILITY_OPT_IN=rpc/old` / `rpc/dup` |
 //!
+//! Legacy names follow otelconnect-go's source: a gRPC-Web call is
+//! `rpc.system="grpc_web"` with `rpc.grpc_web.status_code` and
+//! `rpc.grpc_web.*.metadata.*` keys (unless
+//! [`with_rpc_system`](Instrumentation::with_rpc_system) chose one system), a
+//! Connect GET answered 304 carries `http.status_code=304` on the span and
+//! every metric, and a failure without a code (transport error, panic) is
+//! `unknown`, as `connect.CodeOf` reports it.
+//!
 //! Other differences a Go user may notice:
 //!
 //! - Legacy `message.uncompressed_size` is the envelope length on the wire

@@ -176,6 +176,12 @@ fn method_final(method: &MethodRef, known: bool, config: &Config) -> bool {
     method.other || known || config.methods.has_known_methods()
 }
 
+/// Whether Legacy reports the call as gRPC-Web (`grpc_web`): it came as
+/// gRPC-Web and no single system was configured.
+fn legacy_grpc_web(protocol: Protocol, config: &Config) -> bool {
+    config.rpc_system.is_none() && matches!(protocol, Protocol::GrpcWeb | Protocol::GrpcWebText)
+}
+
 /// Host and port of the authority the request addresses: the URI's
 /// authority (`:authority` in HTTP/2) or the `Host` header.
 fn authority_host_port(parts: &http::request::Parts) -> Option<(StringValue, Option<u16>)> {
@@ -239,6 +245,7 @@ impl Call {
                     mode: config.mode,
                     side: b.side,
                     system: b.system,
+                    grpc_web: legacy_grpc_web(b.protocol, config),
                     method: &b.method,
                     method_final: method_final(&b.method, b.known.is_some(), config),
                     server_address: server_address.as_ref(),
@@ -255,6 +262,7 @@ impl Call {
                         values,
                         &config.request_headers,
                         b.system,
+                        facts.grpc_web,
                         config.mode,
                         &mut attributes,
                     );
@@ -367,11 +375,16 @@ impl Call {
         }
     }
 
+    fn grpc_web(&self) -> bool {
+        legacy_grpc_web(self.protocol, &self.config)
+    }
+
     fn facts(&self) -> Facts<'_> {
         Facts {
             mode: self.config.mode,
             side: self.side,
             system: self.system,
+            grpc_web: self.grpc_web(),
             method: &self.method,
             method_final: method_final(&self.method, self.known.is_some(), &self.config),
             server_address: self.server_address.as_ref(),
@@ -424,6 +437,7 @@ impl Call {
         values: Vec<Vec<StringValue>>,
         captured: &[CapturedHeader],
         system: RpcSystem,
+        grpc_web: bool,
         mode: Semconv,
         out: &mut impl AttrSink,
     ) {
@@ -435,10 +449,7 @@ impl Call {
                 continue;
             }
             if mode.legacy() {
-                let key = match system {
-                    RpcSystem::Grpc => &h.legacy_grpc,
-                    RpcSystem::ConnectRpc => &h.legacy_connect,
-                };
+                let key = h.legacy_key(system, grpc_web);
                 match legacy.iter_mut().find(|(k, _)| *k == key) {
                     Some((_, merged)) => merged.extend(values.iter().cloned()),
                     None => legacy.push((key, values.clone())),
@@ -498,11 +509,12 @@ impl Call {
             }
             Protocol::Grpc => None,
         };
-        // Only names matter: gzip is decoded, identity passes, anything else
-        // is unsupported and classified from the HTTP status.
+        // Only names matter: gzip and zstd are decoded, identity passes,
+        // anything else is unsupported and classified from the HTTP status.
         // Content-codings are case-insensitive.
         self.content_encoding = encoding.map(|v| match v.as_bytes().trim_ascii() {
             name if name.eq_ignore_ascii_case(b"gzip") => &b"gzip"[..],
+            name if name.eq_ignore_ascii_case(b"zstd") => &b"zstd"[..],
             name if name.is_empty() || name.eq_ignore_ascii_case(b"identity") => &b"identity"[..],
             _ => &b"unsupported"[..],
         });
@@ -620,16 +632,32 @@ impl Call {
             } => {
                 self.end_stream_seen = true;
                 self.ending = Some(if flags & envelope::FLAG_TRAILERS != 0 {
-                    let block = if flags & envelope::FLAG_COMPRESSED != 0 {
-                        connect_error::decompress(
+                    let decompressed;
+                    let (block, complete) = if flags & envelope::FLAG_COMPRESSED != 0 {
+                        match connect_error::decompress_prefix(
                             payload,
                             self.content_encoding,
                             envelope::TERMINAL_CAP,
-                        )
+                        ) {
+                            Some((out, complete)) => {
+                                decompressed = out;
+                                (&decompressed[..], complete && !truncated)
+                            }
+                            // An encoding this crate cannot read: no block
+                            // (its bytes are no text to find lines in).
+                            None => (&[][..], false),
+                        }
                     } else {
-                        None
+                        (payload, !truncated)
                     };
-                    let block = block.as_deref().unwrap_or(payload);
+                    // A block cut short (past the cap, or broken) is read up
+                    // to its last whole line: a cut line's value is not the
+                    // value sent (`grpc-status: 1` of `grpc-status: 14`).
+                    let block = if complete {
+                        block
+                    } else {
+                        grpc_web::whole_lines(block)
+                    };
                     self.capture_trailer_pairs(grpc_web::trailer_lines(block));
                     self.grpc_web_trailers(block)
                 } else {
@@ -840,7 +868,9 @@ impl Call {
             }
             Protocol::ConnectUnary | Protocol::ConnectGet => match self.http_status {
                 200 => Ending::code(Code::Ok),
-                304 => Ending {
+                // Not Modified answers a conditional GET; to a POST it is
+                // no Connect answer (the HTTP table: unknown).
+                304 if self.protocol == Protocol::ConnectGet => Ending {
                     not_modified: true,
                     ..Ending::code(Code::Ok)
                 },
@@ -887,13 +917,21 @@ impl Call {
         if self.done {
             return;
         }
-        let not_an_rpc_answer =
-            self.protocol.is_enveloped() && !matches!(self.http_status, 0 | 200);
-        if self.terminal_seen() || not_an_rpc_answer {
+        if self.outcome_known() {
             self.on_end();
             return;
         }
         self.finish(Ending::code(self.cancelled()));
+    }
+
+    /// Whether the outcome no longer depends on the rest of the body: the
+    /// terminal message was read, or the head was a non-200 answer to
+    /// gRPC, gRPC-Web or Connect streaming (a router's or proxy's page,
+    /// classified by its status whatever its body does).
+    fn outcome_known(&self) -> bool {
+        let not_an_rpc_answer =
+            self.protocol.is_enveloped() && !matches!(self.http_status, 0 | 200);
+        self.terminal_seen() || not_an_rpc_answer
     }
 
     /// The response body failed before its terminal message.
@@ -901,12 +939,13 @@ impl Call {
     /// On the client that is the server (or the connection) resetting the
     /// stream: a cancellation, as for a drop. On the server the response
     /// body is the service's own, so its failure is the service failing:
-    /// an error without a code, unless the deadline has passed.
+    /// an error without a code, unless the deadline has passed. Either way
+    /// an outcome already known (see `outcome_known`) stands, as for a drop.
     pub fn on_body_error(&mut self) {
         if self.done {
             return;
         }
-        if self.terminal_seen() {
+        if self.outcome_known() {
             self.on_end();
         } else if self.side == Side::Client {
             self.finish(Ending::code(self.cancelled()));
@@ -1003,18 +1042,18 @@ impl Call {
                 let mut attrs = Attrs::new();
                 facts.end_attributes(&ending, rename, &mut attrs);
                 let status = facts.span_status(&ending);
+                let system_name = facts.system_span_name();
                 let values = std::mem::take(&mut self.response_values);
                 Call::captured_attributes(
                     values,
                     &self.config.response_headers,
                     self.system,
+                    self.grpc_web(),
                     self.config.mode,
                     &mut attrs,
                 );
                 self.filter_attributes(&mut attrs);
-                let new_name = rename
-                    .span_name(self.config.mode)
-                    .then(|| self.system.name());
+                let new_name = rename.span_name(self.config.mode).then_some(system_name);
                 if let Some(mut span) = self.span() {
                     if let Some(name) = new_name {
                         span.update_name(name);

@@ -429,6 +429,7 @@ pub(crate) struct CapturedHeader {
     pub name: HeaderName,
     pub stable: Key,
     pub legacy_grpc: Key,
+    pub legacy_grpc_web: Key,
     pub legacy_connect: Key,
 }
 
@@ -440,10 +441,20 @@ impl CapturedHeader {
         CapturedHeader {
             stable: key(format!("rpc.{direction}.metadata.{lower}")),
             legacy_grpc: key(format!("rpc.grpc.{direction}.metadata.{underscored}")),
+            legacy_grpc_web: key(format!("rpc.grpc_web.{direction}.metadata.{underscored}")),
             legacy_connect: key(format!(
                 "rpc.connect_rpc.{direction}.metadata.{underscored}"
             )),
             name,
+        }
+    }
+
+    /// The Legacy key: otelconnect-go's `rpc.<rpc.system>.<direction>.metadata.<name>`.
+    pub fn legacy_key(&self, system: RpcSystem, grpc_web: bool) -> &Key {
+        match system {
+            RpcSystem::Grpc if grpc_web => &self.legacy_grpc_web,
+            RpcSystem::Grpc => &self.legacy_grpc,
+            RpcSystem::ConnectRpc => &self.legacy_connect,
         }
     }
 }

@@ -178,8 +178,8 @@ async fn connect_get_and_not_modified() {
     }
 }
 
-/// A Connect stream: `messages` messages, then `end` (gzipped under the
-/// encoding name `compressed_end`, if given).
+/// A Connect stream: `messages` messages, then `end` (compressed under the
+/// encoding name `compressed_end`, if given: zstd for `zstd`, else gzip).
 fn connect_stream_response(
     messages: usize,
     end: Option<&[u8]>,
@@ -192,7 +192,12 @@ fn connect_stream_response(
     let mut builder = Response::builder().header("content-type", "application/connect+proto");
     if let Some(end) = end {
         if let Some(encoding) = compressed_end {
-            bytes.extend(envelope(0x03, &gzip(end)));
+            let compressed = if encoding == "zstd" {
+                ruzstd::encoding::compress_to_vec(end, ruzstd::encoding::CompressionLevel::Fastest)
+            } else {
+                gzip(end)
+            };
+            bytes.extend(envelope(0x03, &compressed));
             builder = builder.header("connect-content-encoding", encoding);
         } else {
             bytes.extend(envelope(0x02, end));
@@ -225,6 +230,13 @@ async fn connect_streaming_end_stream_success_error_missing() {
                 Some("gzip"),
             ),
             "/pkg.Svc/GzOkUpper" => connect_stream_response(1, Some(b"{}"), Some("GZip")),
+            // zstd, the other encoding connectrpc negotiates by default.
+            "/pkg.Svc/ZstdErr" => connect_stream_response(
+                2,
+                Some(br#"{"error":{"code":"unavailable","message":"later"},"metadata":{"a":["bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"]}}"#),
+                Some("zstd"),
+            ),
+            "/pkg.Svc/ZstdOk" => connect_stream_response(1, Some(b"{}"), Some("zstd")),
             // Past the 64 KiB cap: classified from the error read before the cut.
             "/pkg.Svc/ErrBigMetadata" => {
                 let mut end =
@@ -246,6 +258,8 @@ async fn connect_streaming_end_stream_success_error_missing() {
         ("/pkg.Svc/Err", 1, Some("resource_exhausted")),
         ("/pkg.Svc/GzErr", 2, Some("internal")),
         ("/pkg.Svc/GzOkUpper", 1, None),
+        ("/pkg.Svc/ZstdErr", 2, Some("unavailable")),
+        ("/pkg.Svc/ZstdOk", 1, None),
         ("/pkg.Svc/ErrBigMetadata", 1, Some("resource_exhausted")),
         ("/pkg.Svc/Missing", 2, Some("internal")),
     ];
@@ -324,4 +338,135 @@ async fn an_impossible_content_length_is_no_request_size() {
     let sizes = t.histogram("rpc.server.request.size");
     assert_eq!(sizes.iter().map(|p| p.count).sum::<u64>(), 3);
     assert_eq!(sizes.iter().map(|p| p.sum).sum::<f64>(), 1234.0);
+}
+
+/// A server that answers every call `304 Not Modified`, and a client.
+async fn serve_not_modified(
+    otel: &otel_tower::Instrumentation,
+) -> (
+    std::net::SocketAddr,
+    impl tower::Service<
+        Request<Full<Bytes>>,
+        Response = Response<otel_tower::ResponseBody<hyper::body::Incoming>>,
+        Error = impl std::fmt::Debug,
+    > + Clone,
+) {
+    let addr = serve(
+        otel.server_layer(),
+        Arc::new(|_| {
+            Response::builder()
+                .status(304)
+                .body(Scripted::empty())
+                .unwrap()
+        }),
+    )
+    .await;
+    let client = ServiceBuilder::new()
+        .layer(otel.client_layer())
+        .service(h1_client());
+    (addr, client)
+}
+
+/// Legacy records a Connect GET answered 304 as otelconnect-go does:
+/// `http.status_code=304` on the span and on every Legacy metric, no error
+/// code, so the cached answers keep a series of their own.
+#[tokio::test]
+async fn legacy_not_modified_is_on_the_span_and_the_metrics() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation_with(otel_tower::Semconv::Legacy);
+    let (addr, client) = serve_not_modified(&otel).await;
+    let req = Request::get(format!(
+        "http://{addr}/pkg.Svc/Get?encoding=proto&message=CgJoaQ&base64=1&connect=v1"
+    ))
+    .header("if-none-match", "\"abc\"")
+    .body(Full::new(Bytes::new()))
+    .unwrap();
+    read_all(client.oneshot(req).await.unwrap()).await;
+    t.wait_spans(2).await;
+    for kind in [SpanKind::Server, SpanKind::Client] {
+        let span = t.span(kind.clone());
+        let a = attrs(&span);
+        assert_eq!(a["http.status_code"], "304", "{kind:?}");
+        assert!(!a.contains_key("rpc.connect_rpc.error_code"), "{kind:?}");
+        assert!(!is_error(&span), "{kind:?}");
+    }
+    for side in ["server", "client"] {
+        for metric in [
+            "duration",
+            "request.size",
+            "response.size",
+            "responses_per_rpc",
+        ] {
+            let name = format!("rpc.{side}.{metric}");
+            let points = t.histogram(&name);
+            assert!(!points.is_empty(), "{name}");
+            for p in points {
+                assert_eq!(p.attributes["http.status_code"], "304", "{name}");
+                assert!(!p.attributes.contains_key("rpc.connect_rpc.error_code"));
+            }
+        }
+    }
+}
+
+/// A failure without a status code (here the client's transport error:
+/// nothing listens) is `unknown` in Legacy, as otelconnect-go's
+/// `connect.CodeOf` reports such an error: `rpc.connect_rpc.error_code` or
+/// `rpc.grpc.status_code=2` on the span and the metrics. Stable keeps
+/// `error.type=_OTHER` and no `rpc.status_code`.
+#[tokio::test]
+async fn a_failure_without_a_code_is_unknown_in_legacy() {
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    for (content_type, key, value) in [
+        (
+            "application/connect+proto",
+            "rpc.connect_rpc.error_code",
+            "unknown",
+        ),
+        ("application/grpc", "rpc.grpc.status_code", "2"),
+    ] {
+        let t = Telemetry::new();
+        let otel = t.instrumentation_with(otel_tower::Semconv::Both);
+        let client = ServiceBuilder::new()
+            .layer(otel.client_layer())
+            .service(h2_client());
+        let result = client
+            .oneshot(grpc_request(closed, "/pkg.Svc/M", content_type))
+            .await;
+        assert!(result.is_err(), "nothing listens on {closed}");
+        let span = t.span(SpanKind::Client);
+        let a = attrs(&span);
+        assert_eq!(a[key], value, "{content_type}: {a:?}");
+        assert_eq!(a["error.type"], "_OTHER", "{content_type}");
+        assert!(!a.contains_key("rpc.status_code"), "{content_type}");
+        let legacy = t.histogram("rpc.client.duration");
+        assert_eq!(legacy.len(), 1, "{legacy:?}");
+        assert_eq!(legacy[0].attributes[key], value, "{content_type}");
+        let stable = t.histogram("rpc.client.call.duration");
+        assert_eq!(stable.len(), 1, "{stable:?}");
+        assert!(!stable[0].attributes.contains_key("rpc.status_code"));
+    }
+}
+
+/// `304 Not Modified` answers a conditional GET. To a Connect unary POST
+/// it is no Connect answer and goes through the HTTP table: `unknown`.
+#[tokio::test]
+async fn not_modified_to_a_post_is_no_connect_answer() {
+    let t = Telemetry::new();
+    let otel = t.instrumentation();
+    let (addr, client) = serve_not_modified(&otel).await;
+    let response = client
+        .oneshot(connect_unary(addr, "/pkg.Svc/Post"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 304);
+    read_all(response).await;
+    t.wait_spans(2).await;
+    for kind in [SpanKind::Server, SpanKind::Client] {
+        let span = t.span(kind.clone());
+        assert_eq!(attrs(&span)["rpc.status_code"], "unknown", "{kind:?}");
+        assert!(is_error(&span), "{kind:?}");
+    }
 }

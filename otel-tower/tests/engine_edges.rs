@@ -308,7 +308,11 @@ async fn a_proxy_error_page_is_not_a_message_stream() {
     .await;
     for (content_type, status_key, status) in [
         ("application/grpc", "rpc.grpc.status_code", "14"),
-        ("application/grpc-web+proto", "rpc.grpc.status_code", "14"),
+        (
+            "application/grpc-web+proto",
+            "rpc.grpc_web.status_code",
+            "14",
+        ),
         (
             "application/connect+proto",
             "rpc.connect_rpc.error_code",
@@ -420,5 +424,88 @@ async fn nothing_after_the_terminal_envelope_is_read() {
         );
         assert!(!is_error(&span), "{content_type}");
         assert_eq!(span.events.len(), 1, "{content_type}: {:?}", span.events);
+    }
+}
+
+/// A proxy's non-200 page whose body then fails (the stream reset, the
+/// connection closed mid-page) is classified by its status, as the same
+/// page dropped unread is: UNAVAILABLE for a 502, not CANCELLED.
+#[tokio::test]
+async fn a_body_error_after_a_proxy_page_is_classified_by_its_status() {
+    for content_type in [
+        "application/grpc",
+        "application/grpc-web+proto",
+        "application/connect+proto",
+    ] {
+        let t = Telemetry::new();
+        call_with(&t, content_type, || {
+            Response::builder()
+                .status(502)
+                .header("content-type", "text/html")
+                .body(ThenFail(vec![Bytes::from_static(b"<html>502 Bad")]))
+                .unwrap()
+        })
+        .await;
+        let span = t.span(SpanKind::Client);
+        let expected = if content_type.contains("connect") {
+            "unavailable"
+        } else {
+            "UNAVAILABLE"
+        };
+        assert_eq!(attrs(&span)["rpc.status_code"], expected, "{content_type}");
+    }
+}
+
+/// A gRPC-Web trailer block longer than the engine reads (64 KiB) is read
+/// up to its last whole line: a `grpc-status: 14` line cut after its first
+/// digit is no `grpc-status: 1`. The bytes still pass through whole. Plain
+/// and gzip-compressed.
+#[tokio::test]
+async fn a_grpc_web_trailer_block_cut_at_the_cap_keeps_its_whole_lines() {
+    const CAP: usize = 64 * 1024;
+    let status_line = b"grpc-status: 14\r\n";
+    // The padding line ends so that the cut falls after "grpc-status: 1".
+    let pad_len = CAP - "grpc-status: 1".len() - "x-pad: ".len() - 2;
+    let mut block = format!("x-pad: {}\r\n", "a".repeat(pad_len)).into_bytes();
+    block.extend_from_slice(status_line);
+    assert_eq!(&block[CAP - 14..CAP], b"grpc-status: 1");
+    for compressed in [false, true] {
+        let t = Telemetry::new();
+        let payload = if compressed {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(&block).unwrap();
+            gz.finish().unwrap()
+        } else {
+            block.clone()
+        };
+        let flags = if compressed { 0x81 } else { 0x80 };
+        let sent = envelope(flags, &payload);
+        let svc = {
+            let sent = sent.clone();
+            tower::service_fn(move |_req: Request<Full<Bytes>>| {
+                let mut builder =
+                    Response::builder().header("content-type", "application/grpc-web+proto");
+                if compressed {
+                    builder = builder.header("grpc-encoding", "gzip");
+                }
+                let response = builder.body(Full::new(Bytes::from(sent.clone()))).unwrap();
+                async move { Ok::<_, Infallible>(response) }
+            })
+        };
+        let client = ServiceBuilder::new()
+            .layer(t.instrumentation().client_layer())
+            .service(svc);
+        let response = client
+            .oneshot(request("application/grpc-web+proto"))
+            .await
+            .unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, sent, "bytes unchanged");
+        let span = t.span(SpanKind::Client);
+        assert_eq!(
+            attrs(&span)["rpc.status_code"],
+            "UNKNOWN",
+            "compressed={compressed}: no whole status line was read"
+        );
     }
 }

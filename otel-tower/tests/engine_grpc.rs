@@ -504,3 +504,76 @@ async fn client_sends_traceparent_as_a_never_indexed_header() {
         )
     );
 }
+
+/// Legacy names a gRPC-Web call as otelconnect-go does: `rpc.system` is
+/// `grpc_web` and its keys are `rpc.grpc_web.*` (Go builds them from the
+/// system), on spans and metrics, on both sides, binary and text. With
+/// `with_rpc_system(RpcSystem::Grpc)` every call is `grpc`.
+#[tokio::test]
+async fn legacy_grpc_web_is_grpc_web_unless_one_system_is_chosen() {
+    for forced in [false, true] {
+        let t = Telemetry::new();
+        let mut otel = t
+            .instrumentation_with(otel_tower::Semconv::Legacy)
+            .with_trace_request_header(["x-tenant"])
+            .with_trace_response_header(["x-cost"]);
+        if forced {
+            otel = otel.with_rpc_system(otel_tower::RpcSystem::Grpc);
+        }
+        let addr = serve(
+            otel.server_layer(),
+            Arc::new(|req| {
+                Response::builder()
+                    .header("content-type", req.headers()["content-type"].clone())
+                    .header("x-cost", "7")
+                    .body(grpc_web_body("3", false, false))
+                    .unwrap()
+            }),
+        )
+        .await;
+        let client = ServiceBuilder::new()
+            .layer(otel.client_layer())
+            .service(h1_client());
+        let mut req = grpc_request(addr, "/pkg.Svc/Web", "application/grpc-web+proto");
+        req.headers_mut()
+            .insert("x-tenant", "acme".parse().unwrap());
+        let response = client.oneshot(req).await.unwrap();
+        read_all(response).await;
+        t.wait_spans(2).await;
+        let (system, status_key, request_key, response_key) = if forced {
+            (
+                "grpc",
+                "rpc.grpc.status_code",
+                "rpc.grpc.request.metadata.x_tenant",
+                "rpc.grpc.response.metadata.x_cost",
+            )
+        } else {
+            (
+                "grpc_web",
+                "rpc.grpc_web.status_code",
+                "rpc.grpc_web.request.metadata.x_tenant",
+                "rpc.grpc_web.response.metadata.x_cost",
+            )
+        };
+        for kind in [SpanKind::Server, SpanKind::Client] {
+            let a = attrs(&t.span(kind.clone()));
+            assert_eq!(a["rpc.system"], system, "forced={forced} {kind:?}");
+            assert_eq!(a[status_key], "3", "forced={forced} {kind:?}: {a:?}");
+            assert_eq!(a[request_key], "[\"acme\"]", "forced={forced} {kind:?}");
+            assert_eq!(a[response_key], "[\"7\"]", "forced={forced} {kind:?}");
+            let other_status = if forced {
+                "rpc.grpc_web.status_code"
+            } else {
+                "rpc.grpc.status_code"
+            };
+            assert!(!a.contains_key(other_status), "forced={forced} {kind:?}");
+        }
+        for name in ["rpc.server.duration", "rpc.client.duration"] {
+            let points = t.histogram(name);
+            assert_eq!(points.len(), 1, "{name}: {points:?}");
+            let p = &points[0].attributes;
+            assert_eq!(p["rpc.system"], system, "forced={forced} {name}");
+            assert_eq!(p[status_key], "3", "forced={forced} {name}");
+        }
+    }
+}

@@ -108,6 +108,45 @@ proptest! {
             prop_assert!(out.len() <= 64);
         }
         prop_assert_eq!(decompress(&data, None, 64), Some(data.clone()));
+        // Behind a zstd frame's magic number, so the decoder itself runs.
+        let mut framed = vec![0x28, 0xb5, 0x2f, 0xfd];
+        framed.extend_from_slice(&data);
+        for input in [&data, &framed] {
+            if let Some(out) = decompress(input, Some(b"zstd"), 64) {
+                prop_assert!(out.len() <= 64);
+            }
+            if let Some((out, _)) = decompress_prefix(input, Some(b"zstd"), 64) {
+                prop_assert!(out.len() <= 64);
+            }
+        }
+    }
+
+    /// Real zstd of any size, whole, cut short or with one byte changed:
+    /// the output stops at the cap, is exactly the data when whole, and a
+    /// damaged frame never panics.
+    #[test]
+    fn zstd_output_is_capped(
+        data in prop::collection::vec(any::<u8>(), 0..400),
+        cut in 0usize..64,
+        flip in any::<(usize, u8)>(),
+    ) {
+        let level = ruzstd::encoding::CompressionLevel::Fastest;
+        let framed = ruzstd::encoding::compress_to_vec(&data[..], level);
+        let out = decompress(&framed, Some(b"zstd"), 64).unwrap();
+        prop_assert_eq!(&out[..], &data[..data.len().min(64)]);
+        let (out, complete) = decompress_prefix(&framed, Some(b"zstd"), 64).unwrap();
+        prop_assert_eq!(&out[..], &data[..data.len().min(64)]);
+        prop_assert_eq!(complete, data.len() <= 64);
+        let short = &framed[..framed.len().saturating_sub(cut + 1)];
+        if let Some((out, _)) = decompress_prefix(short, Some(b"zstd"), 64) {
+            prop_assert!(out.len() <= 64);
+        }
+        let mut damaged = framed.clone();
+        let at = flip.0 % damaged.len();
+        damaged[at] ^= flip.1 | 1;
+        if let Some((out, _)) = decompress_prefix(&damaged, Some(b"zstd"), 64) {
+            prop_assert!(out.len() <= 64);
+        }
     }
 
     /// Real gzip of any size: the output stops at the cap, and is exactly

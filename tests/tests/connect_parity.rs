@@ -333,8 +333,11 @@ async fn header_capture_on_spans_never_in_metrics() {
                 ping_and_count_up_with_header(&http_client(&otel, config(&server, protocol))).await;
             }
             let spans = t.wait_spans(4).await;
+            // Legacy keys carry otelconnect-go's `rpc.system`: gRPC-Web is
+            // `grpc_web` there.
             let system = match protocol {
                 Protocol::Connect => "connect_rpc",
+                Protocol::GrpcWeb => "grpc_web",
                 _ => "grpc",
             };
             let keys = match mode {

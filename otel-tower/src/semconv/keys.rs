@@ -42,6 +42,9 @@ pub const NET_PEER_NAME: Key = Key::from_static_str("net.peer.name");
 pub const NET_PEER_PORT: Key = Key::from_static_str("net.peer.port");
 /// `rpc.grpc.status_code`
 pub const RPC_GRPC_STATUS_CODE: Key = Key::from_static_str("rpc.grpc.status_code");
+/// `rpc.grpc_web.status_code`: otelconnect-go's status key for gRPC-Web
+/// calls (its key is `rpc.<rpc.system>.status_code`).
+pub const RPC_GRPC_WEB_STATUS_CODE: Key = Key::from_static_str("rpc.grpc_web.status_code");
 /// `rpc.connect_rpc.error_code`
 pub const RPC_CONNECT_RPC_ERROR_CODE: Key = Key::from_static_str("rpc.connect_rpc.error_code");
 /// `http.status_code`
@@ -52,6 +55,9 @@ pub const MESSAGE_TYPE: Key = Key::from_static_str("message.type");
 pub const MESSAGE_ID: Key = Key::from_static_str("message.id");
 /// `message.uncompressed_size`
 pub const MESSAGE_UNCOMPRESSED_SIZE: Key = Key::from_static_str("message.uncompressed_size");
+
+/// Legacy `rpc.system` of a gRPC-Web call (otelconnect-go's name for it).
+pub const GRPC_WEB: &str = "grpc_web";
 
 /// `_OTHER`: the method value for unknown methods, and `error.type` for
 /// failures that carry no status code (transport errors, broken bodies).

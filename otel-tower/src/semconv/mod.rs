@@ -142,6 +142,10 @@ pub(crate) struct Facts<'a> {
     pub mode: Semconv,
     pub side: Side,
     pub system: RpcSystem,
+    /// A gRPC-Web call under the wire's own system (no `with_rpc_system`):
+    /// Legacy names it as otelconnect-go does, `grpc_web`, with
+    /// `rpc.grpc_web.*` keys.
+    pub grpc_web: bool,
     pub method: &'a MethodNames,
     /// Whether `rpc.method` is decided when the call starts (see
     /// `call::method_final`). Otherwise an UNIMPLEMENTED outcome can still
@@ -284,12 +288,32 @@ impl Facts<'_> {
         }
     }
 
-    /// Span name: `rpc.method`, or `rpc.system.name` for `_OTHER`.
+    /// Span name: `rpc.method`, or the system's name for `_OTHER`.
     pub fn span_name(&self) -> std::borrow::Cow<'static, str> {
         if self.method.other {
-            std::borrow::Cow::Borrowed(self.system.name())
+            std::borrow::Cow::Borrowed(self.system_span_name())
         } else {
             self.method.span_name.clone()
+        }
+    }
+
+    /// The name of a span whose method is `_OTHER`: the value of the
+    /// system attribute it carries (`rpc.system.name`, or in Legacy alone
+    /// `rpc.system`).
+    pub fn system_span_name(&self) -> &'static str {
+        if self.mode.stable() {
+            self.system.name()
+        } else {
+            self.legacy_system()
+        }
+    }
+
+    /// Legacy `rpc.system`.
+    fn legacy_system(&self) -> &'static str {
+        if self.grpc_web {
+            GRPC_WEB
+        } else {
+            self.system.legacy_name()
         }
     }
 
@@ -349,7 +373,7 @@ impl Facts<'_> {
             }
         }
         if self.mode.legacy() {
-            out.push_with(|| KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
+            out.push_with(|| KeyValue::new(RPC_SYSTEM, self.legacy_system()));
             if self.legacy_method_at_start() {
                 self.legacy_method_names(false, out);
             }
@@ -402,9 +426,6 @@ impl Facts<'_> {
                 self.legacy_method_names(rename.legacy, out);
             }
             self.legacy_status(ending, out);
-            if ending.not_modified {
-                out.push_with(|| KeyValue::new(HTTP_STATUS_CODE, 304i64));
-            }
         }
     }
 
@@ -423,15 +444,28 @@ impl Facts<'_> {
         }
     }
 
+    /// Legacy's status attribute, on the span and every Legacy metric (as
+    /// otelconnect-go does). A failure without a code is `unknown`, as Go's
+    /// `connect.CodeOf` reports an error that carries none.
     fn legacy_status(&self, ending: &Ending, out: &mut impl AttrSink) {
-        match (self.system, ending.code) {
-            (RpcSystem::Grpc, Some(code)) => {
-                out.push_with(|| KeyValue::new(RPC_GRPC_STATUS_CODE, i64::from(code.as_i32())))
+        if ending.not_modified {
+            out.push_with(|| KeyValue::new(HTTP_STATUS_CODE, 304i64));
+            return;
+        }
+        let code = ending.code.unwrap_or(Code::Unknown);
+        match self.system {
+            RpcSystem::Grpc => {
+                let key = if self.grpc_web {
+                    RPC_GRPC_WEB_STATUS_CODE
+                } else {
+                    RPC_GRPC_STATUS_CODE
+                };
+                out.push_with(|| KeyValue::new(key, i64::from(code.as_i32())))
             }
-            (RpcSystem::ConnectRpc, Some(code)) if code != Code::Ok => {
+            RpcSystem::ConnectRpc if code != Code::Ok => {
                 out.push_with(|| KeyValue::new(RPC_CONNECT_RPC_ERROR_CODE, code.connect_name()))
             }
-            _ => {}
+            RpcSystem::ConnectRpc => {}
         }
     }
 
@@ -461,7 +495,7 @@ impl Facts<'_> {
 
     /// Base attributes of the legacy metrics (the span's legacy attributes).
     pub fn legacy_metric_base(&self, other: bool, out: &mut impl AttrSink) {
-        out.push_with(|| KeyValue::new(RPC_SYSTEM, self.system.legacy_name()));
+        out.push_with(|| KeyValue::new(RPC_SYSTEM, self.legacy_system()));
         if other {
             out.push_with(|| KeyValue::new(RPC_SERVICE, OTHER));
             out.push_with(|| KeyValue::new(RPC_METHOD, OTHER));

@@ -28,32 +28,75 @@ enum Stop {
     Broken,
 }
 
+/// Largest zstd window accepted: the decoder reserves the window a frame
+/// declares before it decodes a byte, so a few header bytes could otherwise
+/// ask for 100 MiB. 8 MiB is the window RFC 8878 asks every decoder to
+/// support, and what common encoders use by default.
+const ZSTD_WINDOW_CAP: u64 = 8 << 20;
+
 /// Decompresses at most `cap` output bytes; `None` for unknown encodings.
 fn inflate(data: &[u8], encoding: Option<&[u8]>, cap: usize) -> Option<(Vec<u8>, Stop)> {
     match encoding.map(<[u8]>::trim_ascii) {
         None | Some(b"identity") | Some(b"") => Some((data.to_vec(), Stop::End)),
-        Some(b"gzip") => {
-            let mut out = Vec::new();
-            // One byte past the cap tells a full output from a longer one.
-            let read = flate2::read::GzDecoder::new(data)
-                .take(cap as u64 + 1)
-                .read_to_end(&mut out);
-            let stop = match read {
-                // What was decoded before the error is kept in `out`.
-                Err(_) => Stop::Broken,
-                Ok(_) if out.len() > cap => {
-                    out.truncate(cap);
-                    Stop::Cap
-                }
-                Ok(_) => Stop::End,
-            };
-            Some((out, stop))
+        Some(b"gzip") => Some(read_capped(flate2::read::GzDecoder::new(data), cap)),
+        Some(b"zstd") => {
+            if zstd_window(data).is_none_or(|window| window > ZSTD_WINDOW_CAP) {
+                return Some((Vec::new(), Stop::Broken));
+            }
+            Some(match ruzstd::decoding::StreamingDecoder::new(data) {
+                Ok(decoder) => read_capped(decoder, cap),
+                Err(_) => (Vec::new(), Stop::Broken),
+            })
         }
         Some(_) => None,
     }
 }
 
-/// Decompresses `data` with `encoding` (`gzip` or `identity`), reading at
+/// Reads `reader` to its end, keeping at most `cap` bytes.
+fn read_capped(reader: impl Read, cap: usize) -> (Vec<u8>, Stop) {
+    let mut out = Vec::new();
+    // One byte past the cap tells a full output from a longer one.
+    let read = reader.take(cap as u64 + 1).read_to_end(&mut out);
+    let stop = match read {
+        // What was decoded before the error is kept in `out`.
+        Err(_) => Stop::Broken,
+        Ok(_) if out.len() > cap => {
+            out.truncate(cap);
+            Stop::Cap
+        }
+        Ok(_) => Stop::End,
+    };
+    (out, stop)
+}
+
+/// The window size a zstd frame declares (RFC 8878, 3.1.1.1); `None` when
+/// `data` does not start with a whole zstd frame header.
+fn zstd_window(data: &[u8]) -> Option<u64> {
+    const MAGIC: u32 = 0xFD2F_B528;
+    let (magic, rest) = data.split_first_chunk::<4>()?;
+    if u32::from_le_bytes(*magic) != MAGIC {
+        return None;
+    }
+    let (&descriptor, rest) = rest.split_first()?;
+    if descriptor & 0x20 == 0 {
+        // A window descriptor: exponent and mantissa.
+        let &window = rest.first()?;
+        let base = 1u64 << (10 + (window >> 3));
+        return Some(base + (base / 8) * u64::from(window & 7));
+    }
+    // A single segment: the window is the content size, which follows the
+    // dictionary id.
+    let dictionary_id_len = [0, 1, 2, 4][usize::from(descriptor & 3)];
+    let size_len = [1, 2, 4, 8][usize::from(descriptor >> 6)];
+    let field = rest.get(dictionary_id_len..dictionary_id_len + size_len)?;
+    let mut size = [0u8; 8];
+    size[..size_len].copy_from_slice(field);
+    let size = u64::from_le_bytes(size);
+    // A two-byte size counts from 256.
+    Some(if size_len == 2 { size + 256 } else { size })
+}
+
+/// Decompresses `data` with `encoding` (`gzip`, `zstd` or `identity`), reading at
 /// most `cap` output bytes; `None` for unknown encodings or corrupt input.
 pub fn decompress(data: &[u8], encoding: Option<&[u8]>, cap: usize) -> Option<Vec<u8>> {
     match inflate(data, encoding, cap)? {
@@ -211,6 +254,73 @@ mod tests {
         assert!(end_stream_metadata(br#"{"metadata":["a"]}"#).is_empty());
         assert!(end_stream_metadata(br#"{"metadata":{"a":["#).is_empty());
         assert!(end_stream_metadata(b"{}").is_empty());
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// Frames from the reference zstd library (python-zstandard 0.23, level
+    /// 3, streaming: a 2 MiB window descriptor, no content size).
+    #[test]
+    fn zstd_frames_of_the_reference_encoder() {
+        let error = hex(
+            "28b52ffd0058950200924512189029e90b36dec8c6dbd46d95c4e2bf7b51221345f67f5e\
+             012911163ca84f5e0924a3da8e193b352ed209e40c0039445ed76099352e363d79d82169a1\
+             058fcbe275cd95518d87d851010015910251",
+        );
+        assert_eq!(zstd_window(&error), Some(2 << 20));
+        let json = decompress(&error, Some(b"zstd"), 1 << 16).unwrap();
+        assert_eq!(json.len(), 288, "a compressed block, not a raw one");
+        let e = parse_end_stream(&json).unwrap().unwrap();
+        assert_eq!(e.code, Some(Code::ResourceExhausted));
+        assert_eq!(e.message.as_deref(), Some("slow down"));
+        let (out, complete) = decompress_prefix(&error, Some(b"zstd"), 100).unwrap();
+        assert_eq!((out.len(), complete), (100, false));
+        // A frame cut short yields no complete output.
+        assert_eq!(decompress(&error[..40], Some(b"zstd"), 1 << 16), None);
+
+        let ok = hex("28b52ffd00581100007b7d");
+        assert_eq!(decompress(&ok, Some(b"zstd"), 1 << 16).unwrap(), b"{}");
+        // A single segment (content size 2): its window is its size.
+        let single = hex("28b52ffd20021100007b7d");
+        assert_eq!(zstd_window(&single), Some(2));
+        assert_eq!(decompress(&single, Some(b"zstd"), 1 << 16).unwrap(), b"{}");
+    }
+
+    /// A frame header may declare any window; the decoder would reserve it
+    /// before decoding a byte. Past 8 MiB the frame is refused unread.
+    #[test]
+    fn zstd_windows_past_the_cap_are_refused() {
+        // Window descriptor 0x80: 2^(10+16) = 64 MiB.
+        let big = hex("28b52ffd00801100007b7d");
+        assert_eq!(zstd_window(&big), Some(64 << 20));
+        assert_eq!(decompress(&big, Some(b"zstd"), 1 << 16), None);
+        assert_eq!(
+            decompress_prefix(&big, Some(b"zstd"), 1 << 16),
+            Some((vec![], false))
+        );
+        // A single segment whose 8-byte content size says 1 TiB.
+        let mut huge = hex("28b52ffde0");
+        huge.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        huge.extend_from_slice(&hex("1100007b7d"));
+        assert_eq!(zstd_window(&huge), Some(1 << 40));
+        assert_eq!(decompress(&huge, Some(b"zstd"), 1 << 16), None);
+        // 8 MiB exactly is accepted (descriptor 0x68: 2^23).
+        assert_eq!(zstd_window(&hex("28b52ffd0068")), Some(8 << 20));
+        // Not a zstd frame, or a header cut short.
+        for bad in [
+            &b""[..],
+            b"{}",
+            &hex("28b52ffd"),
+            &hex("28b52ffd00"),
+            &hex("28b52ffde0ffff"),
+        ] {
+            assert_eq!(decompress(bad, Some(b"zstd"), 1 << 16), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -11,6 +11,15 @@ pub fn trailer_lines(block: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     })
 }
 
+/// The part of a block cut short that ends with its last line feed: the
+/// lines known to be whole.
+pub fn whole_lines(block: &[u8]) -> &[u8] {
+    match block.iter().rposition(|&b| b == b'\n') {
+        Some(end) => &block[..=end],
+        None => &[],
+    }
+}
+
 /// The value of `name` (lowercase) in a trailers block.
 pub fn trailer<'a>(block: &'a [u8], name: &str) -> Option<&'a [u8]> {
     trailer_lines(block)
@@ -29,5 +38,14 @@ mod tests {
         assert_eq!(trailer(b, "grpc-message"), Some(&b"not%20found"[..]));
         assert_eq!(trailer(b, "x"), None);
         assert_eq!(trailer(b"grpc-status:0", "grpc-status"), Some(&b"0"[..]));
+    }
+
+    #[test]
+    fn a_cut_block_keeps_its_whole_lines() {
+        let cut = b"grpc-message: x\r\ngrpc-status: 1";
+        assert_eq!(whole_lines(cut), &b"grpc-message: x\r\n"[..]);
+        assert_eq!(trailer(whole_lines(cut), "grpc-status"), None);
+        assert_eq!(whole_lines(b"grpc-status: 1"), &b""[..]);
+        assert_eq!(whole_lines(b"a: 1\n"), &b"a: 1\n"[..]);
     }
 }
