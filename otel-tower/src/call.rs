@@ -509,8 +509,9 @@ impl Call {
             }
             Protocol::Grpc => None,
         };
-        // Only names matter: gzip and zstd are decoded, identity passes,
-        // anything else is unsupported and classified from the HTTP status.
+        // Only names matter: gzip (and, with the `zstd` feature, zstd) is
+        // decoded, identity passes, anything else is unsupported and
+        // classified from the HTTP status.
         // Content-codings are case-insensitive.
         self.content_encoding = encoding.map(|v| match v.as_bytes().trim_ascii() {
             name if name.eq_ignore_ascii_case(b"gzip") => &b"gzip"[..],

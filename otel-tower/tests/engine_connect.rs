@@ -192,10 +192,10 @@ fn connect_stream_response(
     let mut builder = Response::builder().header("content-type", "application/connect+proto");
     if let Some(end) = end {
         if let Some(encoding) = compressed_end {
-            let compressed = if encoding == "zstd" {
-                ruzstd::encoding::compress_to_vec(end, ruzstd::encoding::CompressionLevel::Fastest)
-            } else {
-                gzip(end)
+            let compressed = match encoding {
+                #[cfg(feature = "zstd")]
+                "zstd" => zstd::bulk::compress(end, 3).unwrap(),
+                _ => gzip(end),
             };
             bytes.extend(envelope(0x03, &compressed));
             builder = builder.header("connect-content-encoding", encoding);
@@ -231,11 +231,13 @@ async fn connect_streaming_end_stream_success_error_missing() {
             ),
             "/pkg.Svc/GzOkUpper" => connect_stream_response(1, Some(b"{}"), Some("GZip")),
             // zstd, the other encoding connectrpc negotiates by default.
+            #[cfg(feature = "zstd")]
             "/pkg.Svc/ZstdErr" => connect_stream_response(
                 2,
                 Some(br#"{"error":{"code":"unavailable","message":"later"},"metadata":{"a":["bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"]}}"#),
                 Some("zstd"),
             ),
+            #[cfg(feature = "zstd")]
             "/pkg.Svc/ZstdOk" => connect_stream_response(1, Some(b"{}"), Some("zstd")),
             // Past the 64 KiB cap: classified from the error read before the cut.
             "/pkg.Svc/ErrBigMetadata" => {
@@ -258,12 +260,20 @@ async fn connect_streaming_end_stream_success_error_missing() {
         ("/pkg.Svc/Err", 1, Some("resource_exhausted")),
         ("/pkg.Svc/GzErr", 2, Some("internal")),
         ("/pkg.Svc/GzOkUpper", 1, None),
-        ("/pkg.Svc/ZstdErr", 2, Some("unavailable")),
-        ("/pkg.Svc/ZstdOk", 1, None),
         ("/pkg.Svc/ErrBigMetadata", 1, Some("resource_exhausted")),
         ("/pkg.Svc/Missing", 2, Some("internal")),
     ];
-    for (path, messages, code) in cases {
+    // zstd is read with the feature of that name.
+    let zstd = [
+        ("/pkg.Svc/ZstdErr", 2, Some("unavailable")),
+        ("/pkg.Svc/ZstdOk", 1, None),
+    ];
+    let zstd = if cfg!(feature = "zstd") {
+        &zstd[..]
+    } else {
+        &[]
+    };
+    for (path, messages, code) in cases.into_iter().chain(zstd.iter().copied()) {
         t.spans.reset();
         let req = Request::post(format!("http://{addr}{path}"))
             .header("content-type", "application/connect+proto")
@@ -372,8 +382,14 @@ async fn serve_not_modified(
 /// code, so the cached answers keep a series of their own.
 #[tokio::test]
 async fn legacy_not_modified_is_on_the_span_and_the_metrics() {
+    for mode in [otel_tower::Semconv::Legacy, otel_tower::Semconv::Both] {
+        legacy_not_modified(mode).await;
+    }
+}
+
+async fn legacy_not_modified(mode: otel_tower::Semconv) {
     let t = Telemetry::new();
-    let otel = t.instrumentation_with(otel_tower::Semconv::Legacy);
+    let otel = t.instrumentation_with(mode);
     let (addr, client) = serve_not_modified(&otel).await;
     let req = Request::get(format!(
         "http://{addr}/pkg.Svc/Get?encoding=proto&message=CgJoaQ&base64=1&connect=v1"
@@ -404,6 +420,13 @@ async fn legacy_not_modified_is_on_the_span_and_the_metrics() {
                 assert_eq!(p.attributes["http.status_code"], "304", "{name}");
                 assert!(!p.attributes.contains_key("rpc.connect_rpc.error_code"));
             }
+        }
+        // Both: the Stable series keep Stable's attributes only.
+        for p in t.histogram(&format!("rpc.{side}.call.duration")) {
+            assert!(!p.attributes.contains_key("http.status_code"), "{p:?}");
+        }
+        if mode.stable() {
+            assert_eq!(t.histogram(&format!("rpc.{side}.call.duration")).len(), 1);
         }
     }
 }

@@ -24,9 +24,11 @@ fn request(content_type: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-/// Runs one in-process call through the client layer with `response`.
-async fn call_with<B>(
+/// Runs one in-process call with `response` through the layer of `side`
+/// (the server's or the client's), and reads the response body.
+async fn call_on<B>(
     t: &Telemetry,
+    side: SpanKind,
     content_type: &str,
     response: impl Fn() -> Response<B> + Clone + Send + 'static,
 ) where
@@ -38,17 +40,22 @@ async fn call_with<B>(
         let r = response.clone();
         async move { Ok::<_, Infallible>(r()) }
     });
-    let client = ServiceBuilder::new()
-        .layer(t.instrumentation().client_layer())
-        .service(svc);
-    let response = client.oneshot(request(content_type)).await.unwrap();
-    let _ = response.into_body().collect().await;
+    let otel = t.instrumentation();
+    let req = request(content_type);
+    let response = if side == SpanKind::Server {
+        let server = ServiceBuilder::new().layer(otel.server_layer());
+        server.service(svc).oneshot(req).await
+    } else {
+        let client = ServiceBuilder::new().layer(otel.client_layer());
+        client.service(svc).oneshot(req).await
+    };
+    let _ = response.unwrap().into_body().collect().await;
 }
 
 #[tokio::test]
 async fn grpc_web_trailer_block_without_status_falls_back_to_headers() {
     let t = Telemetry::new();
-    call_with(&t, "application/grpc-web+proto", || {
+    call_on(&t, SpanKind::Client, "application/grpc-web+proto", || {
         Response::builder()
             .header("content-type", "application/grpc-web+proto")
             .header("grpc-status", "9")
@@ -69,13 +76,18 @@ async fn compressed_grpc_web_trailer_block_is_decoded() {
     gz.write_all(b"grpc-status: 8\r\ngrpc-message: slow%20down\r\n")
         .unwrap();
     let block = gz.finish().unwrap();
-    call_with(&t, "application/grpc-web+proto", move || {
-        Response::builder()
-            .header("content-type", "application/grpc-web+proto")
-            .header("grpc-encoding", "gzip")
-            .body(Full::new(Bytes::from(envelope(0x81, &block))))
-            .unwrap()
-    })
+    call_on(
+        &t,
+        SpanKind::Client,
+        "application/grpc-web+proto",
+        move || {
+            Response::builder()
+                .header("content-type", "application/grpc-web+proto")
+                .header("grpc-encoding", "gzip")
+                .body(Full::new(Bytes::from(envelope(0x81, &block))))
+                .unwrap()
+        },
+    )
     .await;
     let span = t.span(SpanKind::Client);
     assert_eq!(attrs(&span)["rpc.status_code"], "RESOURCE_EXHAUSTED");
@@ -105,7 +117,7 @@ impl Body for ThenFail {
 #[tokio::test]
 async fn body_error_after_the_end_stream_message_keeps_its_outcome() {
     let t = Telemetry::new();
-    call_with(&t, "application/connect+proto", || {
+    call_on(&t, SpanKind::Client, "application/connect+proto", || {
         let end = envelope(0x02, br#"{"error":{"code":"aborted"}}"#);
         Response::builder()
             .header("content-type", "application/connect+proto")
@@ -157,7 +169,7 @@ impl Body for Pieces {
 #[tokio::test]
 async fn unreadable_buffers_stop_parsing_instead_of_misparsing() {
     let t = Telemetry::new();
-    call_with(&t, "application/connect+proto", || {
+    call_on(&t, SpanKind::Client, "application/connect+proto", || {
         // The end-stream message sits in the piece the layer cannot borrow.
         let first = Bytes::from(envelope(0, b"m"));
         let second = Bytes::from(envelope(0x02, b"{}"));
@@ -429,30 +441,69 @@ async fn nothing_after_the_terminal_envelope_is_read() {
 
 /// A proxy's non-200 page whose body then fails (the stream reset, the
 /// connection closed mid-page) is classified by its status, as the same
-/// page dropped unread is: UNAVAILABLE for a 502, not CANCELLED.
+/// page dropped unread is: UNAVAILABLE for a 502, not CANCELLED (client)
+/// or an error without a code (server).
 #[tokio::test]
 async fn a_body_error_after_a_proxy_page_is_classified_by_its_status() {
+    let page = || {
+        Response::builder()
+            .status(502)
+            .header("content-type", "text/html")
+            .body(ThenFail(vec![Bytes::from_static(b"<html>502 Bad")]))
+            .unwrap()
+    };
     for content_type in [
         "application/grpc",
         "application/grpc-web+proto",
         "application/connect+proto",
     ] {
+        for kind in [SpanKind::Client, SpanKind::Server] {
+            let t = Telemetry::new();
+            call_on(&t, kind.clone(), content_type, page).await;
+            let span = t.span(kind.clone());
+            let expected = if content_type.contains("connect") {
+                "unavailable"
+            } else {
+                "UNAVAILABLE"
+            };
+            assert_eq!(
+                attrs(&span)["rpc.status_code"],
+                expected,
+                "{content_type} {kind:?}"
+            );
+        }
+    }
+}
+
+/// A gRPC-Web trailer block compressed in an encoding this crate does not
+/// read is no block: its bytes are not text to find a status in. The call
+/// falls back to the status in the headers, else UNKNOWN.
+#[tokio::test]
+async fn a_trailer_block_in_an_unknown_encoding_is_not_read() {
+    for (header_status, expected) in [(None, "UNKNOWN"), (Some("9"), "FAILED_PRECONDITION")] {
         let t = Telemetry::new();
-        call_with(&t, content_type, || {
-            Response::builder()
-                .status(502)
-                .header("content-type", "text/html")
-                .body(ThenFail(vec![Bytes::from_static(b"<html>502 Bad")]))
-                .unwrap()
-        })
+        call_on(
+            &t,
+            SpanKind::Client,
+            "application/grpc-web+proto",
+            move || {
+                let mut builder = Response::builder()
+                    .header("content-type", "application/grpc-web+proto")
+                    .header("grpc-encoding", "snappy");
+                if let Some(status) = header_status {
+                    builder = builder.header("grpc-status", status);
+                }
+                // Flagged compressed, yet readable as a block: not to be read.
+                let block = envelope(0x81, b"grpc-status: 0\r\n");
+                builder.body(Full::new(Bytes::from(block))).unwrap()
+            },
+        )
         .await;
-        let span = t.span(SpanKind::Client);
-        let expected = if content_type.contains("connect") {
-            "unavailable"
-        } else {
-            "UNAVAILABLE"
-        };
-        assert_eq!(attrs(&span)["rpc.status_code"], expected, "{content_type}");
+        assert_eq!(
+            attrs(&t.span(SpanKind::Client))["rpc.status_code"],
+            expected,
+            "grpc-status header {header_status:?}"
+        );
     }
 }
 

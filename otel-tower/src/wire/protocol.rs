@@ -37,9 +37,9 @@ impl RpcSystem {
         }
     }
 
-    /// The legacy `rpc.system` value (otelconnect-go). A gRPC-Web call is
-    /// `grpc_web` there, as in otelconnect-go, unless `with_rpc_system`
-    /// chose one system for every call.
+    /// The legacy `rpc.system` value (otelconnect-go) of the system. A
+    /// gRPC-Web call is reported as `grpc_web` instead, as otelconnect-go
+    /// does, unless `with_rpc_system` chose one system for every call.
     pub fn legacy_name(self) -> &'static str {
         match self {
             RpcSystem::Grpc => "grpc",
