@@ -375,7 +375,8 @@ impl Call {
         }
     }
 
-    fn grpc_web(&self) -> bool {
+    /// Whether Legacy names this call gRPC-Web (see `legacy_grpc_web`).
+    fn is_legacy_grpc_web(&self) -> bool {
         legacy_grpc_web(self.protocol, &self.config)
     }
 
@@ -384,7 +385,7 @@ impl Call {
             mode: self.config.mode,
             side: self.side,
             system: self.system,
-            grpc_web: self.grpc_web(),
+            grpc_web: self.is_legacy_grpc_web(),
             method: &self.method,
             method_final: method_final(&self.method, self.known.is_some(), &self.config),
             server_address: self.server_address.as_ref(),
@@ -1049,7 +1050,7 @@ impl Call {
                     values,
                     &self.config.response_headers,
                     self.system,
-                    self.grpc_web(),
+                    self.is_legacy_grpc_web(),
                     self.config.mode,
                     &mut attrs,
                 );

@@ -78,8 +78,9 @@ fn read_capped(reader: impl Read, cap: usize) -> (Vec<u8>, Stop) {
     (out, stop)
 }
 
-/// Decompresses `data` with `encoding` (`gzip`, `zstd` or `identity`), reading at
-/// most `cap` output bytes; `None` for unknown encodings or corrupt input.
+/// Decompresses `data` with `encoding` (`gzip`, `identity`, and `zstd`
+/// with the `zstd` feature), reading at most `cap` output bytes; `None`
+/// for unknown encodings or corrupt input.
 pub fn decompress(data: &[u8], encoding: Option<&[u8]>, cap: usize) -> Option<Vec<u8>> {
     match inflate(data, encoding, cap)? {
         (_, Stop::Broken) => None,
